@@ -183,6 +183,17 @@ def make_vector_env(env_id: str, num_envs: int) -> gym.vector.SyncVectorEnv:
     return envs
 
 
+def real_next_observations(next_obs: np.ndarray, dones: np.ndarray, infos: dict) -> np.ndarray:
+    """s' of each env's transition: next_obs, except where an episode just ended, where next_obs is
+    already the reset observation and the real last one is infos["final_obs"]."""
+    if not dones.any():
+        return next_obs
+    real = next_obs.copy()
+    ended = infos["_final_obs"]
+    real[ended] = np.stack(infos["final_obs"][ended])
+    return real
+
+
 # ----------------------------------------------------------------------------------------------
 # Networks
 # ----------------------------------------------------------------------------------------------
@@ -386,12 +397,14 @@ class SAC:
         self.qf1_target, self.qf2_target = SoftQNetwork(obs_dim, act_dim).to(device), SoftQNetwork(obs_dim, act_dim).to(device)
         self.qf1_target.load_state_dict(self.qf1.state_dict())
         self.qf2_target.load_state_dict(self.qf2.state_dict())
-        self.q_optimizer = torch.optim.Adam([*self.qf1.parameters(), *self.qf2.parameters()], lr=args.q_lr)
-        self.actor_optimizer = torch.optim.Adam(self.actor.parameters(), lr=args.policy_lr)
+        # fused Adam: one kernel for all parameters instead of a Python loop over them (CPU and CUDA)
+        adam = dict(fused=device.type in ("cpu", "cuda"))
+        self.q_optimizer = torch.optim.Adam([*self.qf1.parameters(), *self.qf2.parameters()], lr=args.q_lr, **adam)
+        self.actor_optimizer = torch.optim.Adam(self.actor.parameters(), lr=args.policy_lr, **adam)
         self.target_entropy = -float(act_dim)
         # log_alpha is created once and only ever updated in place: the optimizer holds this tensor
         self.log_alpha = torch.tensor([math.log(args.alpha)], device=device, requires_grad=args.autotune)
-        self.a_optimizer = torch.optim.Adam([self.log_alpha], lr=args.q_lr) if args.autotune else None
+        self.a_optimizer = torch.optim.Adam([self.log_alpha], lr=args.q_lr, **adam) if args.autotune else None
         self.alpha = math.exp(math.log(args.alpha))
         self.n_updates = 0
 
@@ -410,43 +423,56 @@ class SAC:
         args = self.args
         obs, actions, rewards, terminations, next_obs = (
             torch.from_numpy(np.asarray(x, dtype=np.float32)).to(self.device) for x in batch)
-        rewards, terminations = rewards.unsqueeze(-1), terminations.unsqueeze(-1)
+        stats = self.update_critics(obs, actions, rewards.unsqueeze(-1), terminations.unsqueeze(-1), next_obs)
+        if self.n_updates % args.policy_frequency == 0:
+            for _ in range(args.policy_frequency):  # delayed updates, compensated (TD3 / CleanRL)
+                stats["actor_loss"], log_pi = self.update_actor(obs)
+                if self.a_optimizer is not None:
+                    stats["alpha_loss"] = self.update_alpha(log_pi)
+        if self.n_updates % args.target_network_frequency == 0:
+            self.update_targets()
+        self.n_updates += 1
+        return stats
+
+    def update_critics(self, obs, actions, rewards, terminations, next_obs) -> dict[str, torch.Tensor]:
         with torch.no_grad():
             next_actions, next_log_prob = self.actor.sample(next_obs)
             y = critic_target(rewards, terminations, self.qf1_target(next_obs, next_actions),
-                              self.qf2_target(next_obs, next_actions), next_log_prob, self.alpha, args.gamma)
+                              self.qf2_target(next_obs, next_actions), next_log_prob, self.alpha, self.args.gamma)
         qf1_values, qf2_values = self.qf1(obs, actions), self.qf2(obs, actions)
         qf1_loss, qf2_loss = F.mse_loss(qf1_values, y), F.mse_loss(qf2_values, y)
         qf_loss = qf1_loss + qf2_loss
         self.q_optimizer.zero_grad()
         qf_loss.backward()
         self.q_optimizer.step()
-        stats = {"qf1_values": qf1_values.mean().detach(), "qf2_values": qf2_values.mean().detach(),
-                 "qf1_loss": qf1_loss.detach(), "qf2_loss": qf2_loss.detach(), "qf_loss": qf_loss.detach() / 2.0}
+        return {"qf1_values": qf1_values.mean().detach(), "qf2_values": qf2_values.mean().detach(),
+                "qf1_loss": qf1_loss.detach(), "qf2_loss": qf2_loss.detach(), "qf_loss": qf_loss.detach() / 2.0}
 
-        if self.n_updates % args.policy_frequency == 0:
-            for _ in range(args.policy_frequency):  # delayed updates, compensated (TD3 / CleanRL)
-                pi, log_pi = self.actor.sample(obs)
-                min_q = torch.min(self.qf1(obs, pi), self.qf2(obs, pi))
-                actor_loss = (self.alpha * log_pi - min_q).mean()
-                self.actor_optimizer.zero_grad()
-                actor_loss.backward()
-                self.actor_optimizer.step()
-                stats["actor_loss"] = actor_loss.detach()
-                if self.a_optimizer is not None:
-                    # reuse the actor step's log-probs: no second actor forward
-                    alpha_loss = alpha_loss_fn(self.log_alpha, log_pi, self.target_entropy)
-                    self.a_optimizer.zero_grad()
-                    alpha_loss.backward()
-                    self.a_optimizer.step()
-                    self.alpha = self.log_alpha.exp().item()
-                    stats["alpha_loss"] = alpha_loss.detach()
+    def update_actor(self, obs) -> tuple[torch.Tensor, torch.Tensor]:
+        """J(pi) = E[alpha * log pi(a|s) - min_j Q_j(s, a)], a ~ pi(.|s) reparameterized."""
+        pi, log_pi = self.actor.sample(obs)
+        # the actor loss needs dQ/da only: freezing the critics skips their weight gradients
+        self.qf1.requires_grad_(False), self.qf2.requires_grad_(False)
+        min_q = torch.min(self.qf1(obs, pi), self.qf2(obs, pi))
+        self.qf1.requires_grad_(True), self.qf2.requires_grad_(True)
+        actor_loss = (self.alpha * log_pi - min_q).mean()
+        self.actor_optimizer.zero_grad()
+        actor_loss.backward()
+        self.actor_optimizer.step()
+        return actor_loss.detach(), log_pi
 
-        if self.n_updates % args.target_network_frequency == 0:
-            polyak_update(self.qf1, self.qf1_target, args.tau)
-            polyak_update(self.qf2, self.qf2_target, args.tau)
-        self.n_updates += 1
-        return stats
+    def update_alpha(self, log_pi: torch.Tensor) -> torch.Tensor:
+        """Reuses the actor step's log-probs (detached inside the loss): no second actor forward."""
+        alpha_loss = alpha_loss_fn(self.log_alpha, log_pi, self.target_entropy)
+        self.a_optimizer.zero_grad()
+        alpha_loss.backward()
+        self.a_optimizer.step()
+        self.alpha = self.log_alpha.exp().item()
+        return alpha_loss.detach()
+
+    def update_targets(self) -> None:
+        polyak_update(self.qf1, self.qf1_target, self.args.tau)
+        polyak_update(self.qf2, self.qf2_target, self.args.tau)
 
     def weights_finite(self) -> bool:
         return all(bool(torch.isfinite(p).all()) for m in self.modules().values() for p in m.parameters()) \
@@ -851,9 +877,8 @@ def _train(args, device, run_dir, saved, ckpt, envs, obs_dim, low, high) -> int:
                     actions = agent.actor.sample(torch.as_tensor(obs, dtype=torch.float32, device=device))[0].cpu().numpy()
             next_obs, rewards, terminations, truncations, infos = envs.step(actions)
             dones = terminations | truncations
-            real_next_obs = next_obs.copy()
+            real_next_obs = real_next_observations(next_obs, dones, infos)
             if dones.any():
-                real_next_obs[infos["_final_obs"]] = np.stack(infos["final_obs"][infos["_final_obs"]])
                 episode = infos["final_info"]["episode"]
                 for i in np.flatnonzero(infos["final_info"]["_episode"]):
                     last_return = float(episode["r"][i])
