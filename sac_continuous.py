@@ -827,12 +827,19 @@ def _train(args, device, run_dir, saved, ckpt, envs, obs_dim, low, high) -> int:
         restore(saved, ckpt, agent, rb, envs)
         obs = saved["obs"].numpy()
         global_step, best_eval, last_return = saved["global_step"], saved["best_eval"], saved["last_return"]
+        if global_step >= args.total_timesteps:
+            print(f"{run_dir} is already at step {global_step} of {args.total_timesteps}; nothing to do "
+                  f"(a larger --total-timesteps extends it)", file=sys.stderr)
+            envs.close()
+            return 0
         print(f"resumed {run_dir} at step {global_step} from {ckpt.name}", file=sys.stderr)
     else:
         rb.start(obs)
         (run_dir / "args.json").write_text(json.dumps(dataclasses.asdict(args), indent=2) + "\n")
 
-    writer = SummaryWriter(str(run_dir), purge_step=global_step if saved is not None else None)
+    # On resume, TensorBoard hides what the stopped process logged after its checkpoint (step > S):
+    # everything up to S was logged before the checkpoint was written, so nothing is lost or doubled.
+    writer = SummaryWriter(str(run_dir), purge_step=global_step + 1 if saved is not None else None)
     if saved is None:
         writer.add_text("hyperparameters", "|param|value|\n|-|-|\n" + "\n".join(f"|{k}|{v}|" for k, v in dataclasses.asdict(args).items()))
 
@@ -849,6 +856,7 @@ def _train(args, device, run_dir, saved, ckpt, envs, obs_dim, low, high) -> int:
     def write_checkpoint() -> Path:
         if not agent.weights_finite():
             raise Diverged("weights are not finite")
+        writer.flush()  # the events up to this step must be on disk before the checkpoint that follows them
         return save_checkpoint(run_dir, checkpoint_state(), rb)
 
     def run_eval() -> None:
@@ -1011,6 +1019,9 @@ def main() -> None:
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         code = EXIT_BAD_INPUT
+    except KeyboardInterrupt:  # before training started (setup, eval-only): nothing to save
+        print("interrupted", file=sys.stderr)
+        code = EXIT_ABORTED
     sys.exit(code)
 
 
