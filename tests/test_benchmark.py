@@ -1,0 +1,351 @@
+"""benchmark/run.py and benchmark/report.py on tiny Pendulum-v1 runs (CPU, a minute or so).
+
+The runner is run as a real process where its behaviour depends on it (restart, Ctrl-C), and in this
+process with a stand-in training script where only its handling of exit codes is under test.
+"""
+
+from __future__ import annotations
+
+import csv
+import importlib.util
+import json
+import math
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+BENCH = ROOT / "benchmark"
+
+
+sys.path.insert(0, str(BENCH))
+import report  # noqa: E402  (benchmark/report.py; benchmark/run.py imports it under this name too)
+
+
+def _load(name: str, path: Path):
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+bench_run = _load("benchmark_run", BENCH / "run.py")  # not as "run", a name too common to claim
+
+SEEDS = ["1", "2"]
+TINY = ["--learning-starts", "500", "--eval-frequency", "500", "--eval-episodes", "2",
+        "--batch-size", "64", "--buffer-size", "5000"]
+
+
+def runner(out: Path, *options: str, script_flags=TINY, timeout=300) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, str(BENCH / "run.py"), "--envs", "Pendulum-v1", "--seeds", *SEEDS, "--jobs", "2",
+           "--threads", "1", "--device", "cpu", "--output-dir", str(out), *options, "--", *script_flags]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=ROOT)
+
+
+def snapshot(directory: Path) -> dict:
+    return {str(p.relative_to(directory)): (p.stat().st_mtime_ns, p.stat().st_size)
+            for p in sorted(directory.rglob("*")) if p.is_file()}
+
+
+def events_files(run_dir: Path) -> list[Path]:
+    return sorted(run_dir.glob("events.out.tfevents.*"))
+
+
+def run_dirs(out: Path) -> list[Path]:
+    return [out / f"Pendulum-v1__seed{s}" for s in SEEDS]
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    """Three invocations of the same runner command: total 1000, the same again, then total 1500."""
+    out = tmp_path_factory.mktemp("bench") / "runs"
+    first = runner(out, "--total-timesteps", "1000")
+    ckpt_first = {d.name: report.checkpoint_step(d) for d in run_dirs(out)}
+    after_first = {d.name: snapshot(d) for d in run_dirs(out)}
+    state_first = json.loads((out / "_runner" / "state.json").read_text())
+    again = runner(out, "--total-timesteps", "1000")
+    after_again = {d.name: snapshot(d) for d in run_dirs(out)}
+    events_before = {d.name: events_files(d) for d in run_dirs(out)}
+    extended = runner(out, "--total-timesteps", "1500")
+    return {"out": out, "first": first, "ckpt_first": ckpt_first, "again": again, "extended": extended, "after_first": after_first,
+            "after_again": after_again, "state_first": state_first, "events_before": events_before}
+
+
+def test_first_invocation_trains_every_seed_to_the_total(tiny):
+    first = tiny["first"]
+    assert first.returncode == 0, first.stdout + first.stderr
+    assert list(tiny["ckpt_first"].values()) == [1000, 1000]
+    runs = tiny["state_first"]["runs"]
+    assert {runs[d.name]["status"] for d in run_dirs(tiny["out"])} == {"done"}
+    assert all(runs[d.name]["launches"] == 1 for d in run_dirs(tiny["out"]))
+
+
+def test_same_command_again_skips_finished_runs(tiny):
+    again = tiny["again"]
+    assert again.returncode == 0, again.stdout + again.stderr
+    for d in run_dirs(tiny["out"]):
+        assert re.search(rf"\[{re.escape(d.name)}\] skipped: done", again.stdout), again.stdout
+    assert "started" not in again.stdout
+    assert tiny["after_again"] == tiny["after_first"]  # not a file of the runs touched
+
+
+def test_larger_total_continues_each_run_from_its_checkpoint(tiny):
+    ext = tiny["extended"]
+    assert ext.returncode == 0, ext.stdout + ext.stderr
+    state = json.loads((tiny["out"] / "_runner" / "state.json").read_text())
+    for d in run_dirs(tiny["out"]):
+        assert f"[{d.name}] started from step 1,000" in ext.stdout
+        assert report.checkpoint_step(d) == 1500
+        assert state["runs"][d.name]["launches"] == 2 and state["runs"][d.name]["target"] == 1500
+        new = [f for f in events_files(d) if f not in tiny["events_before"][d.name]]
+        assert len(new) == 1
+        acc = report.accumulator(new[0])
+        steps = [e.step for tag in acc.Tags()["scalars"] for e in acc.Scalars(tag)]
+        assert steps and min(steps) > 1000  # the resumed process logged nothing from step 0 again
+        log = (tiny["out"] / "_runner" / "logs" / f"{d.name}.log").read_text()
+        assert "resumed" in log and "at step 1000" in log
+
+
+def test_status_lists_every_run_with_its_steps(tiny):
+    out = subprocess.run([sys.executable, str(BENCH / "run.py"), "--envs", "Pendulum-v1", "--seeds", "1", "2", "3",
+                          "--output-dir", str(tiny["out"]), "--total-timesteps", "1500", "--status"],
+                         capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert out.returncode == 0, out.stderr
+    rows = {line.split()[0]: line.split() for line in out.stdout.splitlines() if line.startswith("Pendulum")}
+    assert rows["Pendulum-v1__seed1"][1:4] == ["done", "1,500", "1,500"]
+    assert rows["Pendulum-v1__seed2"][1:4] == ["done", "1,500", "1,500"]
+    assert rows["Pendulum-v1__seed3"][1:3] == ["pending", "0"]
+
+
+@pytest.fixture(scope="module")
+def written_report(tiny, tmp_path_factory):
+    refs = tmp_path_factory.mktemp("refs") / "references.csv"
+    refs.write_text("env,env_version,label,value,std,steps,metric,source,note\n"
+                    "Pendulum,v1,same version,-1200,50,1500,test,written by the test,\n"
+                    "Pendulum,v0,older version,-1300,,1500,test,written by the test,\n"
+                    "Ant,v5,another env,3000,10,1000000,test,written by the test,\n")
+    paths = report.write_report(tiny["out"], tiny["out"].parent / "report", refs)
+    return paths, refs
+
+
+def eval_lines(log: Path) -> dict[int, float]:
+    """'step 500: eval return -1503.2 ± 48.8 over 2 episodes' printed by the training script."""
+    return {int(m.group(1)): float(m.group(2))
+            for m in re.finditer(r"step (\d+): eval return (-?[\d.]+) ±", log.read_text())}
+
+
+def test_report_csv_has_one_row_per_seed_and_evaluation(tiny, written_report):
+    paths, _ = written_report
+    with open(paths["csv"], newline="") as f:
+        reader = csv.DictReader(f)
+        rows = list(reader)
+    assert reader.fieldnames == ["env", "seed", "step", "mean_return", "std_return"]
+    assert sorted((r["seed"], int(r["step"])) for r in rows) == [(s, n) for s in SEEDS for n in (500, 1000, 1500)]
+    for seed in SEEDS:
+        printed = eval_lines(tiny["out"] / "_runner" / "logs" / f"Pendulum-v1__seed{seed}.log")
+        for r in rows:
+            if r["seed"] == seed:
+                assert r["env"] == "Pendulum-v1"
+                assert float(r["mean_return"]) == pytest.approx(printed[int(r["step"])], abs=0.051)
+                assert math.isfinite(float(r["std_return"]))
+
+
+def test_report_png_is_a_readable_image(written_report):
+    import matplotlib.image as mpimg
+
+    png = written_report[0]["png"]["Pendulum-v1"]
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    image = mpimg.imread(png)
+    assert image.ndim == 3 and image.shape[0] > 200 and image.shape[1] > 200
+
+
+def test_plot_has_seed_lines_mean_band_and_labelled_references(tiny, written_report):
+    _, refs = written_report
+    runs = report.load_runs(tiny["out"])
+    fig = report.plot_env("Pendulum-v1", runs, report.load_references(refs))
+    ax = fig.axes[0]
+    by_gid: dict[str, list] = {}
+    for artist in ax.get_children():
+        if artist.get_gid():
+            by_gid.setdefault(artist.get_gid(), []).append(artist)
+    assert len(by_gid["seed"]) == 2 and len(by_gid["mean"]) == 1 and len(by_gid["band"]) == 1
+    mean_line = by_gid["mean"][0]
+    assert list(mean_line.get_xdata()) == [500, 1000, 1500]
+    finals = [r.evals[-1][1] for r in runs]
+    assert mean_line.get_ydata()[-1] == pytest.approx(sum(finals) / 2)
+    refs_drawn = {line.get_label(): line for line in by_gid["reference"]}
+    assert len(refs_drawn) == 2  # the Ant-v5 row is not drawn on Pendulum
+    same = next(line for label, line in refs_drawn.items() if "same version" in label)
+    older = next(line for label, line in refs_drawn.items() if "older version" in label)
+    assert same.get_linestyle() == "-" and "Pendulum-v1" in same.get_label()
+    assert older.get_linestyle() == "--" and "(v0, not v1)" in older.get_label()
+    assert "std over seeds" in by_gid["band"][0].get_label()
+
+
+def test_report_markdown_lists_each_seed_and_the_environment(tiny, written_report):
+    text = written_report[0]["markdown"].read_text()
+    assert "## Pendulum-v1" in text
+    runs = report.load_runs(tiny["out"])
+    for r in runs:
+        step, mean, std = r.evals[-1]
+        row = f"| {r.seed} | 1,500 steps (complete) | {mean:.1f} ± {std:.1f} (1,500) |"
+        assert re.search("^" + re.escape(row), text, re.M), text
+    finals = [r.evals[-1][1] for r in runs]
+    m, s = report.mean_std(finals)
+    assert f"{m:.1f} ± {s:.1f}" in text
+    assert "torch" in text and "gymnasium" in text and "git commit" in text
+
+
+def test_ctrl_c_is_forwarded_once_so_every_run_checkpoints(tmp_path):
+    out = tmp_path / "runs"
+    logs = [out / "_runner" / "logs" / f"Pendulum-v1__seed{s}.log" for s in SEEDS]
+    flags = ["--learning-starts", "1000000", "--eval-frequency", "1000", "--eval-episodes", "1", "--buffer-size", "5000"]
+    cmd = [sys.executable, str(BENCH / "run.py"), "--envs", "Pendulum-v1", "--seeds", *SEEDS, "--jobs", "2",
+           "--threads", "1", "--device", "cpu", "--output-dir", str(out), "--", *flags]
+    # its own process group, signalled as a whole below, like a terminal's Ctrl-C: the runs must not
+    # get that SIGINT as well as the runner's, or they would quit without a checkpoint (exit 130)
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT,
+                            start_new_session=True)
+    try:
+        deadline = time.time() + 120
+        while not all(p.exists() and "step 1000: eval" in p.read_text() for p in logs):  # both are training
+            assert proc.poll() is None and time.time() < deadline, "the runs did not get going"
+            time.sleep(0.2)
+        pids = [info["pid"] for info in json.loads((out / "_runner" / "state.json").read_text())["runs"].values()]
+        assert len(pids) == 2 and all(os.getpgid(pid) != os.getpgid(proc.pid) for pid in pids)
+        os.killpg(proc.pid, signal.SIGINT)
+        output, _ = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 75, output
+    state = json.loads((out / "_runner" / "state.json").read_text())
+    for seed, log in zip(SEEDS, logs):
+        name = f"Pendulum-v1__seed{seed}"
+        info = state["runs"][name]
+        assert (info["status"], info["exit_code"]) == ("interrupted", 75)
+        step = report.checkpoint_step(out / name)
+        assert step is not None and 1000 <= step < 1_000_000
+        assert "stopped by SIGINT" in log.read_text()
+        assert re.search(rf"{name}\s+interrupted\s+{step:,}\s+1,000,000", output), output
+    # the report says how far they got, not that they finished
+    text = report.write_report(out, tmp_path / "report", None)["markdown"].read_text()
+    for seed in SEEDS:
+        step = report.checkpoint_step(out / f"Pendulum-v1__seed{seed}")
+        assert f"reached {step:,} of 1,000,000 steps" in text
+
+
+FAKE_SCRIPT = """
+import os, signal, sys
+seed = sys.argv[sys.argv.index("--seed") + 1]
+with open(os.environ["FAKE_LAUNCHES"], "a") as f:
+    f.write(seed + "\\n")
+if seed == "4":
+    os.kill(os.getpid(), signal.SIGKILL)
+code = {"1": 3, "2": 2, "3": 75}[seed]
+print(f"error: fake exit {code}", file=sys.stderr)
+sys.exit(code)
+"""
+
+
+def test_exit_codes_are_reported_and_diverged_runs_are_not_retried(tmp_path, monkeypatch, capsys):
+    handler = signal.getsignal(signal.SIGINT)
+    fake = tmp_path / "fake_sac.py"
+    fake.write_text(FAKE_SCRIPT)
+    launches = tmp_path / "launches.txt"
+    monkeypatch.setattr(bench_run, "SCRIPT", fake)
+    monkeypatch.setenv("FAKE_LAUNCHES", str(launches))
+    out = tmp_path / "runs"
+    argv = ["--envs", "Pendulum-v1", "--seeds", "1", "2", "3", "4", "--jobs", "4", "--device", "cpu",
+            "--output-dir", str(out), "--total-timesteps", "100"]
+
+    assert bench_run.main(argv) == 1  # a failure and a divergence
+    state = json.loads((out / "_runner" / "state.json").read_text())["runs"]
+    status = {name.split("seed")[1]: (info["status"], info["exit_code"]) for name, info in state.items()}
+    assert status == {"1": ("diverged", 3), "2": ("failed", 2), "3": ("interrupted", 75), "4": ("killed", -9)}
+    assert "fake exit 3" in state["Pendulum-v1__seed1"]["message"]
+    printed = capsys.readouterr().out
+    assert "[Pendulum-v1__seed1] DIVERGED" in printed and "[Pendulum-v1__seed2] FAILED (exit 2)" in printed
+
+    # a run directory without a checkpoint (stopped before its first one) cannot be continued
+    leftover = out / "Pendulum-v1__seed3"
+    leftover.mkdir()
+    (leftover / "args.json").write_text("{}")
+    assert bench_run.main(argv) == 1
+    assert sorted(launches.read_text().split()) == ["1", "2", "2", "3", "3", "4", "4"]  # seed 1 left alone
+    printed = capsys.readouterr().out
+    assert "[Pendulum-v1__seed1] skipped: diverged" in printed
+    assert "[Pendulum-v1__seed3] had no checkpoint" in printed and not leftover.exists()
+    assert [p.name for p in (out / "_runner" / "stale").iterdir()][0].startswith("Pendulum-v1__seed3-")
+
+    bench_run.main(argv + ["--retry-failed"])
+    assert launches.read_text().split().count("1") == 2
+    assert signal.getsignal(signal.SIGINT) is handler  # the runner put Ctrl-C handling back
+
+
+def test_runner_refuses_flags_it_sets_itself(tmp_path, capsys):
+    base = ["--envs", "Pendulum-v1", "--output-dir", str(tmp_path / "runs")]
+    assert bench_run.main(base + ["--", "--seed", "3"]) == 2
+    assert "--seeds" in capsys.readouterr().err
+    assert bench_run.main(base + ["--", "--checkpoint-frequency", "0"]) == 2
+    assert bench_run.main(base + ["--", "--total-timesteps=5"]) == 2
+    assert not (tmp_path / "runs").exists()
+
+
+def test_settings_are_the_design_notebook_ones_and_script_flags_override_them(tmp_path):
+    args, extras = bench_run.parse(["--envs", "Ant-v5", "Humanoid-v5", "--seeds", "1", "--device", "cuda:0,cuda:1",
+                                    "--", "--q-lr", "1e-3", "--no-autotune"])
+    specs = bench_run.plan(args, bench_run.load_configs(bench_run.CONFIGS), extras)
+    commands = {s.env: bench_run.command(s, tmp_path) for s in specs}
+
+    def flag(cmd, name):
+        return cmd[cmd.index(name) + 1]
+
+    assert flag(commands["Ant-v5"], "--alpha") == "1.0" and flag(commands["Humanoid-v5"], "--alpha") == "0.1"
+    for env, cmd in commands.items():
+        assert flag(cmd, "--total-timesteps") == "1000000" and flag(cmd, "--learning-starts") == "25000"
+        assert flag(cmd, "--batch-size") == "256" and float(flag(cmd, "--policy-lr")) == 3e-4
+        assert float(flag(cmd, "--tau")) == 0.005 and float(flag(cmd, "--gamma")) == 0.99
+        assert flag(cmd, "--eval-frequency") == "10000" and flag(cmd, "--eval-episodes") == "10"
+        assert flag(cmd, "--q-lr") == "1e-3" and cmd.count("--q-lr") == 1  # overridden, not repeated
+        assert "--no-autotune" in cmd and "--autotune" not in cmd
+        assert flag(cmd, "--resume") == "auto" and flag(cmd, "--run-name") == f"{env}__seed1"
+    assert [flag(commands[e], "--device") for e in ("Ant-v5", "Humanoid-v5")] == ["cuda:0", "cuda:1"]
+
+
+def test_references_name_a_source_and_version_for_every_number():
+    path = BENCH / "references.csv"
+    rows = report.load_references(path)
+    assert rows
+    for row in rows:
+        assert re.fullmatch(r"v\d+", row["env_version"]) and row["label"] and row["metric"]
+        assert math.isfinite(row["value"]) and int(row["steps"]) > 0
+    notebook = {(r["env"], r["env_version"]): (r["value"], r["std"]) for r in rows if r["label"] == "design notebook"}
+    assert notebook == {("Ant", "v5"): (3808.6, 903.1), ("Humanoid", "v5"): (4214.8, 1075.4)}
+    for env in ("Ant-v5", "Humanoid-v5"):
+        drawn = report.references_for(env, rows)
+        assert {r["same_version"] for r in drawn} == {True, False}
+        assert all(r["same_version"] == (r["env_version"] == "v5") for r in drawn)
+        assert all(("not v5" in r["legend"]) != r["same_version"] for r in drawn)
+
+
+def test_throughput_probe_times_k_concurrent_runs(tmp_path):
+    result = tmp_path / "probe.json"
+    code = bench_run.main(["--envs", "Pendulum-v1", "--throughput-probe", "1,2", "--probe-steps", "60",
+                           "--probe-learning-starts", "64", "--threads", "1", "--device", "cpu",
+                           "--probe-json", str(result), "--", "--batch-size", "32", "--buffer-size", "2000",
+                           "--log-frequency", "10"])
+    assert code == 0
+    data = json.loads(result.read_text())
+    assert [r["k"] for r in data["results"]] == [1, 2]
+    assert [len(r["per_run_sps"]) for r in data["results"]] == [1, 2]
+    for r in data["results"]:
+        assert all(v > 0 and math.isfinite(v) for v in r["per_run_sps"])
+        assert r["total_sps"] == pytest.approx(sum(r["per_run_sps"]))
