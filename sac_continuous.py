@@ -672,12 +672,18 @@ RUN_DEFINING = ("env_id", "num_envs", "buffer_size", "gamma", "tau", "batch_size
                 "policy_lr", "q_lr", "policy_frequency", "target_network_frequency", "alpha", "autotune", "seed")
 
 
+CHECKPOINT_KEYS = ("args", "obs_dim", "act_dim", "global_step", "n_updates", "best_eval", "last_return", "obs",
+                   "modules", "optimizers", "log_alpha", "alpha", "rng", "action_space_rng", "envs", "buffer")
+
+
 def save_checkpoint(run_dir: Path, state: dict, rb: ReplayBuffer) -> Path:
     """runs/<run>/checkpoints/step_<N>/{state.pt, buffer/*.npy}, written under a temporary name and
     renamed; then `latest` is switched atomically and older checkpoints are removed."""
     root = run_dir / "checkpoints"
-    root.mkdir(exist_ok=True)
     name = f"step_{state['global_step']:012d}"
+    if find_checkpoint(run_dir) == root / name:  # this very step is saved already (e.g. periodic, then at exit)
+        return root / name
+    root.mkdir(exist_ok=True)
     tmp = root / f".tmp_{name}"
     shutil.rmtree(tmp, ignore_errors=True)
     (tmp / "buffer").mkdir(parents=True)
@@ -715,6 +721,10 @@ def read_checkpoint(ckpt: Path, device: torch.device) -> dict:
     state = torch_load(ckpt / "state.pt", "checkpoint", device)
     if state.get("format") != CHECKPOINT_FORMAT:
         raise UserError(f"{ckpt / 'state.pt'} is not a sac_continuous.py checkpoint")
+    missing = [k for k in CHECKPOINT_KEYS if k not in state]
+    missing += [f"args.{k}" for k in RUN_DEFINING if k not in state.get("args", {}) and "args" not in missing]
+    if missing:
+        raise UserError(f"checkpoint {ckpt} lacks {', '.join(missing)}; it is damaged or from another version")
     return state
 
 
@@ -768,7 +778,8 @@ def prepare_run_dir(args: Args) -> tuple[Path, Path | None]:
     run_name = args.run_name or f"{args.env_id}__sac__{args.seed}__{int(time.time())}"
     run_dir = Path(args.output_dir) / run_name
     ckpt = find_checkpoint(run_dir) if args.resume == "auto" and run_dir.exists() else None
-    if ckpt is None and run_dir.exists() and any(run_dir.iterdir()):
+    # --resume auto with no checkpoint yet (e.g. killed before the first one) starts the run afresh
+    if ckpt is None and args.resume != "auto" and run_dir.exists() and any(run_dir.iterdir()):
         raise UserError(f"run directory {run_dir} already holds a run; add --resume auto to continue it, or choose another --run-name")
     return run_dir, ckpt
 
@@ -839,7 +850,9 @@ def _train(args, device, run_dir, saved, ckpt, envs, obs_dim, low, high) -> int:
 
     # On resume, TensorBoard hides what the stopped process logged after its checkpoint (step > S):
     # everything up to S was logged before the checkpoint was written, so nothing is lost or doubled.
-    writer = SummaryWriter(str(run_dir), purge_step=global_step + 1 if saved is not None else None)
+    # A fresh start over an attempt that died before its first checkpoint hides all of that attempt's points.
+    restarted = saved is None and any(run_dir.glob("events.out.tfevents.*"))
+    writer = SummaryWriter(str(run_dir), purge_step=global_step + 1 if saved is not None else (0 if restarted else None))
     if saved is None:
         writer.add_text("hyperparameters", "|param|value|\n|-|-|\n" + "\n".join(f"|{k}|{v}|" for k, v in dataclasses.asdict(args).items()))
 
