@@ -22,6 +22,7 @@ import shutil
 import signal
 import sys
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -528,7 +529,9 @@ def torch_load(path: Path, what: str, device: torch.device) -> dict:
     if not path.is_file():
         raise UserError(f"{what} {path} does not exist; check the path")
     try:
-        data = torch.load(path, map_location=device, weights_only=True)
+        with warnings.catch_warnings():  # torch warns about odd pickle headers: the one line below says it all
+            warnings.simplefilter("ignore")
+            data = torch.load(path, map_location=device, weights_only=True)
     except Exception as e:  # zip errors, pickle errors, unsupported globals: all mean "not ours / damaged"
         reason = str(e).splitlines()[0][:160] if str(e) else type(e).__name__
         raise UserError(f"{what} {path} is unreadable (truncated, corrupt or not a torch file): {reason}") from None
