@@ -1,83 +1,206 @@
-"""Critic target, Polyak update, temperature loss, and what one SAC update changes."""
+"""Critic target, Polyak averaging, temperature loss, and what one SAC update computes and changes."""
+
+import copy
 
 import numpy as np
+import pytest
 import torch
+import torch.nn.functional as F
 
 import sac_continuous as sac
 
+pytestmark = pytest.mark.usefixtures("one_thread")
 
-def test_critic_target_bootstraps_unless_terminated():
-    r = torch.tensor([[1.0], [1.0]])
-    q1, q2 = torch.tensor([[5.0], [5.0]]), torch.tensor([[3.0], [3.0]])
-    logp = torch.tensor([[-2.0], [-2.0]])
-    y = sac.critic_target(r, torch.tensor([[1.0], [0.0]]), q1, q2, logp, alpha=0.5, gamma=0.9)
+OBS_DIM, ACT_DIM = 3, 2
+
+
+# ----------------------------------------------------------------------------------------------
+# the loss functions
+# ----------------------------------------------------------------------------------------------
+
+
+def test_critic_target_bootstraps_from_the_smaller_q_unless_terminated():
+    r = torch.tensor([[1.0], [1.0], [-2.0], [0.5]])
+    term = torch.tensor([[1.0], [0.0], [0.0], [0.0]])  # rows 1-3: not terminated (e.g. truncated by a time limit)
+    q1 = torch.tensor([[5.0], [5.0], [-4.0], [2.0]])
+    q2 = torch.tensor([[3.0], [3.0], [7.0], [2.0]])  # the smaller one is q2 in row 1, q1 in row 2
+    logp = torch.tensor([[-2.0], [-2.0], [1.5], [0.25]])
+    alpha, gamma = 0.5, 0.9
+    y = sac.critic_target(r, term, q1, q2, logp, alpha=alpha, gamma=gamma)
+    assert y.shape == (4, 1)
     assert y[0].item() == 1.0  # terminated: the reward alone
-    # not terminated (e.g. truncated by a time limit): r + gamma * (min Q - alpha * log pi)
-    assert abs(y[1].item() - (1.0 + 0.9 * (3.0 + 0.5 * 2.0))) < 1e-6
+    expected = [1.0 + gamma * (3.0 - alpha * -2.0), -2.0 + gamma * (-4.0 - alpha * 1.5), 0.5 + gamma * (2.0 - alpha * 0.25)]
+    torch.testing.assert_close(y[1:, 0], torch.tensor(expected), rtol=0, atol=1e-6)
 
 
-def test_polyak_moves_target_by_exactly_tau():
+def test_critic_target_takes_no_truncation_input():
+    """A truncated step is stored with termination 0 (tests/test_buffer.py checks the real script does so)
+    and the target cannot be told anything else: it bootstraps."""
+    y = sac.critic_target(torch.zeros(1, 1), torch.zeros(1, 1), torch.ones(1, 1), torch.ones(1, 1),
+                          torch.zeros(1, 1), alpha=0.1, gamma=0.99)
+    assert y.item() == pytest.approx(0.99)
+    assert not any(word in name for name in sac.critic_target.__code__.co_varnames for word in ("trunc", "done"))
+
+
+@pytest.mark.parametrize("tau", [0.005, 0.3, 1.0])
+def test_polyak_moves_each_target_parameter_by_exactly_tau_of_the_difference(tau):
     torch.manual_seed(0)
     online, target = sac.SoftQNetwork(4, 2), sac.SoftQNetwork(4, 2)
     before = [p.detach().clone() for p in target.parameters()]
-    sac.polyak_update(online, target, tau=0.005)
-    for b, p_t, p in zip(before, target.parameters(), online.parameters()):
-        torch.testing.assert_close(p_t - b, 0.005 * (p - b), rtol=1e-5, atol=1e-7)
+    online_before = [p.detach().clone() for p in online.parameters()]
+    sac.polyak_update(online, target, tau=tau)
+    for b, p_t, p, p0 in zip(before, target.parameters(), online.parameters(), online_before):
+        assert torch.equal(p, p0)  # the online network is untouched
+        torch.testing.assert_close(p_t - b, tau * (p - b), rtol=1e-5, atol=1e-7)
 
 
-def test_alpha_loss_gradient_raises_alpha_when_entropy_is_too_low():
+@pytest.mark.parametrize("log_alpha_value", [0.0, -2.3])
+def test_alpha_loss_value_and_gradient_direction(log_alpha_value):
+    """J(alpha) = alpha * mean(-log pi - H_target). Entropy below the target -> dJ/dlog_alpha < 0, so a
+    gradient-descent step raises alpha; entropy above the target -> alpha falls."""
     target_entropy = -2.0
-    for log_prob, alpha_should in ((torch.full((8, 1), 5.0), "rise"), (torch.full((8, 1), -5.0), "fall")):
-        log_alpha = torch.zeros(1, requires_grad=True)
-        sac.alpha_loss_fn(log_alpha, log_prob, target_entropy).backward()
-        # entropy -log_prob = -5 < -2 must raise alpha: gradient descent step -grad > 0
-        assert (log_alpha.grad.item() < 0) == (alpha_should == "rise")
+    for log_prob, should in ((torch.full((8, 1), 5.0), "rise"), (torch.full((8, 1), -5.0), "fall")):
+        # log_prob 5: entropy -5 < -2 (too deterministic); log_prob -5: entropy 5 > -2
+        log_alpha = torch.tensor([log_alpha_value], requires_grad=True)
+        loss = sac.alpha_loss_fn(log_alpha, log_prob, target_entropy)
+        expected = np.exp(log_alpha_value) * (-log_prob.mean().item() - target_entropy)
+        assert loss.item() == pytest.approx(expected, rel=1e-6)
+        loss.backward()
+        assert (log_alpha.grad.item() < 0) == (should == "rise")
+        assert log_alpha.grad.item() == pytest.approx(expected, rel=1e-6)  # d(alpha c)/dlog_alpha = alpha c
 
 
-def test_alpha_loss_does_not_reach_the_actor():
+def test_alpha_loss_does_not_backpropagate_into_log_prob():
     log_alpha = torch.zeros(1, requires_grad=True)
     log_prob = torch.randn(8, 1, requires_grad=True)
     sac.alpha_loss_fn(log_alpha, log_prob, -1.0).backward()
     assert log_prob.grad is None
 
 
-def _agent(**kw):
+# ----------------------------------------------------------------------------------------------
+# SAC.update on a tiny problem
+# ----------------------------------------------------------------------------------------------
+
+
+def make_agent(**kw):
     torch.manual_seed(0)
     args = sac.Args(env_id="test", **kw)
-    return sac.SAC(3, -np.ones(2, np.float32), np.ones(2, np.float32), args, torch.device("cpu"))
+    low, high = np.array([-1.0, 0.0], np.float32), np.array([1.0, 4.0], np.float32)
+    agent = sac.SAC(OBS_DIM, low, high, args, torch.device("cpu"))
+    with torch.no_grad():  # targets different from the online critics, so using the wrong ones shows
+        for p in (*agent.qf1_target.parameters(), *agent.qf2_target.parameters()):
+            p.add_(0.05 * torch.randn_like(p))
+    return agent
 
 
-def _batch(n=32, seed=0):
+def make_batch(n=32, seed=0):
     g = np.random.default_rng(seed)
-    return (g.normal(size=(n, 3)).astype(np.float32), g.uniform(-1, 1, (n, 2)).astype(np.float32),
-            g.normal(size=n).astype(np.float32), np.zeros(n, bool), g.normal(size=(n, 3)).astype(np.float32))
+    return (g.normal(size=(n, OBS_DIM)).astype(np.float32), g.uniform(-1, 1, (n, ACT_DIM)).astype(np.float32),
+            g.normal(size=n).astype(np.float32), g.random(n) < 0.3, g.normal(size=(n, OBS_DIM)).astype(np.float32))
 
 
-def test_autotune_trains_log_alpha_and_no_autotune_keeps_alpha():
-    agent = _agent()
-    start = agent.log_alpha.item()
+def params(module):
+    return [p.detach().clone() for p in module.parameters()]
+
+
+@pytest.mark.parametrize("kw", [{}, {"autotune": False, "alpha": 0.3, "gamma": 0.9}])
+def test_update_losses_are_the_sac_losses(kw):
+    """Recompute the critic and actor losses of one update independently, with the same noise."""
+    agent = make_agent(**kw)
+    alpha, gamma = agent.alpha, agent.args.gamma
+    before = {k: copy.deepcopy(m) for k, m in agent.modules().items()}
+    obs, act, rew, term, next_obs = (torch.as_tensor(np.asarray(x, np.float32)) for x in make_batch())
+
+    torch.manual_seed(11)
+    stats = agent.update(make_batch())
+
+    torch.manual_seed(11)
+    with torch.no_grad():
+        next_a, next_logp = before["actor"].sample(next_obs)
+        next_q = torch.min(before["qf1_target"](next_obs, next_a), before["qf2_target"](next_obs, next_a))
+        y = rew[:, None] + gamma * (1 - term[:, None]) * (next_q - alpha * next_logp)
+        qf1 = before["qf1"](obs, act)
+        qf2 = before["qf2"](obs, act)
+    torch.testing.assert_close(stats["qf1_loss"], F.mse_loss(qf1, y))
+    torch.testing.assert_close(stats["qf2_loss"], F.mse_loss(qf2, y))
+    torch.testing.assert_close(stats["qf_loss"], (F.mse_loss(qf1, y) + F.mse_loss(qf2, y)) / 2)
+    torch.testing.assert_close(stats["qf1_values"], qf1.mean())
+    torch.testing.assert_close(stats["qf2_values"], qf2.mean())
+    # the actor step comes after the critic step: the critics it uses are the updated ones
+    with torch.no_grad():
+        pi, logp = before["actor"].sample(obs)
+        min_q = torch.min(agent.qf1(obs, pi), agent.qf2(obs, pi))
+    torch.testing.assert_close(stats["actor_loss"], (alpha * logp - min_q).mean())
+
+
+def test_update_steps_critics_actor_and_moves_targets_by_tau():
+    agent = make_agent(tau=0.1)
+    snap = {k: params(m) for k, m in agent.modules().items()}
+    agent.update(make_batch())
+    for k in ("actor", "qf1", "qf2"):
+        assert all(not torch.equal(a, b) for a, b in zip(snap[k], agent.modules()[k].parameters())), k
+    for k in ("qf1", "qf2"):  # Polyak towards the online critic after its step
+        for old, p_t, p in zip(snap[k + "_target"], agent.modules()[k + "_target"].parameters(), agent.modules()[k].parameters()):
+            torch.testing.assert_close(p_t.detach() - old, 0.1 * (p.detach() - old), rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_autotune_moves_log_alpha_against_the_alpha_loss_gradient(seed):
+    agent = make_agent(alpha=0.2)
+    assert agent.target_entropy == -ACT_DIM
+    assert agent.alpha == pytest.approx(0.2) and agent.log_alpha.item() == pytest.approx(np.log(0.2))
+    stats = agent.update(make_batch(seed=seed))
+    step = agent.log_alpha.item() - np.log(0.2)
+    # dJ/dlog_alpha = J here (J = alpha * c): Adam's first step goes against its sign, by the learning rate
+    assert step != 0 and np.sign(step) == -np.sign(stats["alpha_loss"].item())
+    assert abs(step) == pytest.approx(agent.args.q_lr, rel=0.01)
+    assert agent.alpha == pytest.approx(np.exp(agent.log_alpha.item()), rel=1e-6)  # the alpha the losses use
+
+
+def test_entropy_too_low_raises_alpha_in_a_real_update():
+    """A nearly deterministic actor (log-std at its minimum) has entropy far below -dim(A): alpha must rise."""
+    agent = make_agent()
+    with torch.no_grad():
+        agent.actor.log_std.bias.fill_(-100.0)
+    start = agent.alpha
+    for i in range(3):
+        agent.update(make_batch(seed=i))
+    assert agent.alpha > start
+
+
+def test_no_autotune_keeps_alpha_fixed():
+    agent = make_agent(autotune=False, alpha=0.3)
+    assert agent.a_optimizer is None
     for i in range(5):
-        agent.update(_batch(seed=i))
-    assert agent.log_alpha.item() != start
-    assert abs(agent.alpha - np.exp(agent.log_alpha.item())) < 1e-6
-    fixed = _agent(autotune=False, alpha=0.3)
-    for i in range(5):
-        stats = fixed.update(_batch(seed=i))
-    assert fixed.alpha == 0.3 and "alpha_loss" not in stats
+        stats = agent.update(make_batch(seed=i))
+        assert "alpha_loss" not in stats and "actor_loss" in stats
+    assert agent.alpha == 0.3 and agent.log_alpha.item() == pytest.approx(np.log(0.3))
 
 
-def test_update_steps_critics_actor_and_targets():
-    agent = _agent()
-    snap = {k: [p.detach().clone() for p in m.parameters()] for k, m in agent.modules().items()}
-    agent.update(_batch())
-    for k, m in agent.modules().items():
-        assert any(not torch.equal(a, b) for a, b in zip(snap[k], m.parameters())), k
+def test_alpha_step_sends_no_gradient_to_the_actor():
+    agent = make_agent()
+    agent.actor.zero_grad(set_to_none=True)
+    _, log_pi = agent.actor.sample(torch.randn(16, OBS_DIM))  # a live graph into the actor
+    agent.update_alpha(log_pi)
+    assert all(p.grad is None for p in agent.actor.parameters())
+    assert agent.log_alpha.grad is not None
 
 
-def test_policy_frequency_delays_actor_updates():
-    agent = _agent(policy_frequency=2)
-    agent.update(_batch(seed=0))  # update 0: actor steps (twice)
-    actor_after_first = [p.detach().clone() for p in agent.actor.parameters()]
-    stats = agent.update(_batch(seed=1))  # update 1: critics only
-    assert "actor_loss" not in stats
-    assert all(torch.equal(a, b) for a, b in zip(actor_after_first, agent.actor.parameters()))
+def test_policy_frequency_delays_and_repeats_actor_updates():
+    agent = make_agent(policy_frequency=2)
+    actor_steps = []
+    original = agent.update_actor
+    agent.update_actor = lambda obs: actor_steps.append(agent.n_updates) or original(obs)
+    for i in range(4):
+        stats = agent.update(make_batch(seed=i))
+        assert ("actor_loss" in stats) == (i % 2 == 0)
+    assert actor_steps == [0, 0, 2, 2]  # every 2nd update, twice (TD3/CleanRL's delayed updates)
+
+
+def test_target_network_frequency_delays_polyak_updates():
+    agent = make_agent(target_network_frequency=2)
+    for i in range(4):
+        targets = params(agent.qf1_target) + params(agent.qf2_target)
+        agent.update(make_batch(seed=i))
+        moved = any(not torch.equal(a, b) for a, b in zip(targets, [*agent.qf1_target.parameters(), *agent.qf2_target.parameters()]))
+        assert moved == (i % 2 == 0)
