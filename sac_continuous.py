@@ -533,8 +533,9 @@ def torch_load(path: Path, what: str, device: torch.device) -> dict:
             warnings.simplefilter("ignore")
             data = torch.load(path, map_location=device, weights_only=True)
     except Exception as e:  # zip errors, pickle errors, unsupported globals: all mean "not ours / damaged"
-        reason = str(e).splitlines()[0][:160] if str(e) else type(e).__name__
-        raise UserError(f"{what} {path} is unreadable (truncated, corrupt or not a torch file): {reason}") from None
+        # torch's own message may advise weights_only=False, i.e. running the file's code: not shown
+        raise UserError(f"{what} {path} is unreadable ({type(e).__name__}): it is truncated, corrupt, or not "
+                        f"a file written by sac_continuous.py") from None
     if not isinstance(data, dict):
         raise UserError(f"{what} {path} is not a file written by sac_continuous.py")
     return data
@@ -763,6 +764,19 @@ class StopRequest:
         print(f"\n{self.signal_name}: finishing this step and writing a checkpoint (again to quit at once)", file=sys.stderr)
 
 
+def resume_command(args: Args, run_dir: Path) -> str:
+    """The command that continues this run: --resume restores the run-defining flags from the
+    checkpoint; the others (the total, evaluation, checkpoints, device...) must be given again."""
+    defaults, words = Args(), ["python", "sac_continuous.py", "--resume", str(run_dir)]
+    for field in dataclasses.fields(Args):
+        value = getattr(args, field.name)
+        if field.name in RUN_DEFINING or field.name in ("resume", "run_name", "output_dir") or value == getattr(defaults, field.name):
+            continue
+        flag = "--" + field.name.replace("_", "-")
+        words += [flag if value is True else "--no-" + flag[2:]] if isinstance(value, bool) else [flag, str(value)]
+    return " ".join(words)
+
+
 def crossed(step: int, prev_step: int, every: int) -> bool:
     """True when a multiple of `every` lies in (prev_step, step]."""
     return every > 0 and step // every > prev_step // every
@@ -877,6 +891,8 @@ def _train(args, device, run_dir, saved, ckpt, envs, obs_dim, low, high) -> int:
 
     def run_eval() -> None:
         nonlocal best_eval
+        if not agent.weights_finite():  # never write a NaN model over a good one
+            raise Diverged("weights are not finite")
         video = run_dir / "videos" / f"eval_step_{global_step:012d}.mp4" if args.capture_video else None
         returns = evaluate(agent.actor, args.env_id, args.eval_episodes, args.seed + 10_000, device, video)
         mean, std = float(np.mean(returns)), float(np.std(returns))
@@ -923,16 +939,19 @@ def _train(args, device, run_dir, saved, ckpt, envs, obs_dim, low, high) -> int:
                     writer.add_scalar("losses/alpha", agent.alpha, global_step)
                     writer.add_scalar("charts/SPS", int((global_step - start_step) / (time.time() - start_time)), global_step)
 
-            if crossed(global_step, prev_step, args.eval_frequency):
+            # the last step always evaluates (the final model) and, unless checkpoints are off, checkpoints
+            # after that evaluation, so the checkpoint to extend from knows its best_eval
+            last = global_step >= args.total_timesteps
+            if crossed(global_step, prev_step, args.eval_frequency) or last:
                 run_eval()
-            if crossed(global_step, prev_step, args.checkpoint_frequency):
+            if crossed(global_step, prev_step, args.checkpoint_frequency) or (last and args.checkpoint_frequency > 0):
                 write_checkpoint()
             progress.update(global_step, last_return)
-            if stop.signal_name is not None:
+            if stop.signal_name is not None and not last:
                 path = write_checkpoint()
                 progress.close()
                 print(f"stopped by {stop.signal_name} at step {global_step}; checkpoint {path}. "
-                      f"Resume with: python sac_continuous.py --resume {run_dir}", file=sys.stderr)
+                      f"Resume with: {resume_command(args, run_dir)}", file=sys.stderr)
                 return EXIT_INTERRUPTED
     except Diverged as e:
         progress.close()
@@ -945,11 +964,6 @@ def _train(args, device, run_dir, saved, ckpt, envs, obs_dim, low, high) -> int:
         writer.flush()
         envs.close()
 
-    # the end: a final evaluation unless one just ran, the final model, and a checkpoint to extend from
-    if not crossed(global_step, global_step - args.num_envs, args.eval_frequency):
-        run_eval()
-    if args.checkpoint_frequency > 0:
-        write_checkpoint()
     writer.close()
     progress.close()
     print(f"done: {global_step} steps; outputs in {run_dir}", file=sys.stderr)
@@ -1026,7 +1040,8 @@ def eval_only(args: Args) -> int:
 
 
 def main() -> None:
-    args = tyro.cli(Args, description=__doc__.split("\n\n")[0] + "\n\nSoft Actor-Critic for continuous control.")
+    args = tyro.cli(Args, description=__doc__.split("\n\n")[0] + " Exit codes: 0 done, 2 bad input (nothing "
+                    "written), 3 diverged, 75 stopped by a signal after writing a checkpoint, 130 aborted.")
     if args.capture_video and "MUJOCO_GL" not in os.environ:
         # before mujoco is imported: EGL renders on an NVIDIA GPU, OSMesa on any CPU
         os.environ["MUJOCO_GL"] = "egl" if torch.cuda.is_available() else "osmesa"

@@ -326,6 +326,15 @@ def test_extending_a_finished_run_continues_from_its_step(exact_runs):
         assert curves[tag] == ref_curves[tag], tag
 
 
+def test_last_checkpoint_includes_the_final_evaluation(exact_runs):
+    """The stopped run ended at MID, a multiple of its --checkpoint-frequency, with an evaluation at MID
+    (its first). Its last checkpoint must know that evaluation's return as the best one so far."""
+    r = exact_runs("Pendulum-v1")
+    (logged,) = [value for step, value in scalars(r.mid_copy)["eval/mean_return"] if step == MID]
+    best_eval = load_state(latest_ckpt(r.mid_copy))["best_eval"]
+    assert best_eval == pytest.approx(logged, rel=1e-6), "best_eval misses the evaluation at the end of the run"
+
+
 def test_resuming_a_finished_run_at_its_total_changes_nothing(exact_runs, tmp_path, in_process_main):
     r = exact_runs("Pendulum-v1")
     run_dir = tmp_path / "runs" / RUN
@@ -353,6 +362,8 @@ def test_signal_writes_checkpoint_and_resume_is_bitwise_identical(exact_runs, tm
     assert "Traceback" not in res.stderr
     hint = re.search(r"Resume with: .*--resume (\S+)", res.stderr)
     assert hint, f"no resume hint on stderr:\n{res.stderr}"
+    # the hint repeats what the checkpoint does not restore: this run's total (the default would be 1M)
+    assert f"--total-timesteps {TOTAL}" in res.stderr.split("Resume with:")[1], res.stderr
     stopped = latest_ckpt(run_dir)
     state = assert_complete_checkpoint(stopped)
     assert MID < state["global_step"] < TOTAL
@@ -829,3 +840,22 @@ def test_nan_loss_exits_3_and_keeps_the_last_good_checkpoint(tmp_path):
               "--total-timesteps", "150")
     assert_ok(res)
     assert load_state(latest_ckpt(tmp_path / "weights" / "runs" / RUN))["global_step"] == 150
+
+
+def test_nan_before_the_final_evaluation_keeps_the_last_good_model(tmp_path):
+    """NaN from update 76 on (step 126), no loss logging due, no checkpoints: nothing notices until the
+    evaluation at the end, which must refuse to write NaN weights over model.pt (from the evaluation at 100)."""
+    wrapper = tmp_path / "nan_wrapper.py"
+    wrapper.write_text(NAN_WRAPPER.format(repo=str(REPO)))
+    flags = ["--env-id", "Pendulum-v1", "--learning-starts", "50", "--batch-size", "32", "--buffer-size", "1000",
+             "--checkpoint-frequency", "0", "--log-frequency", "100000", *BASE_FLAGS, "--eval-frequency", "100",
+             "--total-timesteps", "150"]
+    res = finish(start(tmp_path, *flags, script=wrapper, env={**child_env(), "NAN_AFTER_UPDATES": "75"}))
+    assert res.returncode == sac.EXIT_DIVERGED == 3, res.stderr
+    line = assert_one_error_line(res.stderr, "diverged")
+    assert "at step 150" in line, line
+    run_dir = tmp_path / "runs" / RUN
+    for name in ("model.pt", "best_model.pt"):
+        model = torch.load(run_dir / name, weights_only=True)
+        assert model["global_step"] == 100, name
+        assert all(torch.isfinite(t).all() for t in model["actor"].values()), name
