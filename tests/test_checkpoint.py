@@ -366,7 +366,8 @@ def test_signal_writes_checkpoint_and_resume_is_bitwise_identical(exact_runs, tm
     assert f"--total-timesteps {TOTAL}" in res.stderr.split("Resume with:")[1], res.stderr
     stopped = latest_ckpt(run_dir)
     state = assert_complete_checkpoint(stopped)
-    assert MID < state["global_step"] < TOTAL
+    # MID itself when the signal lands while the periodic checkpoint at MID is still being finished
+    assert MID <= state["global_step"] < TOTAL
     assert stopped.name == step_name(state["global_step"])
     assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["latest", stopped.name]
     # follow the hint (plus this run's own flags, as the README says --total-timesteps comes from the command line)
@@ -852,8 +853,9 @@ def test_nan_before_the_final_evaluation_keeps_the_last_good_model(tmp_path):
              "--total-timesteps", "150"]
     res = finish(start(tmp_path, *flags, script=wrapper, env={**child_env(), "NAN_AFTER_UPDATES": "75"}))
     assert res.returncode == sac.EXIT_DIVERGED == 3, res.stderr
-    line = assert_one_error_line(res.stderr, "diverged")
-    assert "at step 150" in line, line
+    assert "Traceback" not in res.stderr
+    errors = [line for line in res.stderr.splitlines() if line.startswith("error")]  # after the eval at 100's line
+    assert len(errors) == 1 and "diverged at step 150" in errors[0], res.stderr
     run_dir = tmp_path / "runs" / RUN
     for name in ("model.pt", "best_model.pt"):
         model = torch.load(run_dir / name, weights_only=True)
