@@ -360,8 +360,8 @@ def command(spec: Spec, out: Path) -> list[str]:
 
 
 def set_aside(run_dir: Path, out: Path) -> Path:
-    """A run directory without a checkpoint cannot be continued and the script refuses to start over
-    in it; it is moved to _runner/stale/ (never deleted) and the run starts from step 0."""
+    """A run directory without a checkpoint cannot be continued; it is moved to _runner/stale/ (never
+    deleted), so the restarted run's directory holds only its own events, and the run starts from step 0."""
     dest = out / report.RUNNER_DIR / "stale" / f"{run_dir.name}-{int(time.time())}"
     dest.parent.mkdir(parents=True, exist_ok=True)
     shutil.move(str(run_dir), dest)
