@@ -12,6 +12,7 @@ tau 0.005, gamma 0.99, alpha 0.1 autotuned).
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import io
 import json
 import math
@@ -1045,6 +1046,10 @@ def main() -> None:
     if args.capture_video and "MUJOCO_GL" not in os.environ:
         # before mujoco is imported: EGL renders on an NVIDIA GPU, OSMesa on any CPU
         os.environ["MUJOCO_GL"] = "egl" if torch.cuda.is_available() else "osmesa"
+    if os.environ.get("MUJOCO_GL") == "osmesa" and importlib.util.find_spec("triton") is not None:
+        # `import mujoco` then loads OSMesa with its own LLVM; torch's triton (in its CUDA builds), when
+        # imported after that (fused Adam, torch.compile), crashes the process. Imported first, both work.
+        import triton  # noqa: F401
     try:
         code = eval_only(args) if args.eval_checkpoint else train(args)
     except UserError as e:

@@ -3,7 +3,10 @@ nothing. Every case runs the real script in a subprocess with flags that would m
 seconds, so a check that went missing shows as a wrong exit code, not as a hung test."""
 
 import dataclasses
+import json
 import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -152,3 +155,29 @@ def test_eval_checkpoint_of_the_right_env_runs_and_writes_nothing(run, tmp_path)
     assert res.returncode == 0, res.stderr
     assert "mean return" in res.stdout and "over 2 episodes" in res.stdout
     assert snapshot(tmp_path) == before
+
+
+FAKE_TRITON = """
+import json, os, sys
+with open(os.environ["TRITON_PROBE"], "w") as f:  # what was already loaded when triton was imported
+    json.dump({"mujoco_loaded": "mujoco" in sys.modules}, f)
+"""
+
+
+@pytest.mark.parametrize("mujoco_gl", ["osmesa", "egl"])
+def test_triton_is_imported_before_mujoco_under_osmesa(tmp_path, mujoco_gl):
+    """OSMesa and torch's triton (CUDA builds) each carry an LLVM; triton imported after OSMesa segfaults
+    the process (seen in the CUDA Docker image with --capture-video on a CPU). A stand-in triton records
+    whether mujoco was loaded before it."""
+    (tmp_path / "fake" / "triton").mkdir(parents=True)
+    (tmp_path / "fake" / "triton" / "__init__.py").write_text(FAKE_TRITON)
+    probe = tmp_path / "probe.json"
+    env = {**os.environ, "PYTHONPATH": str(tmp_path / "fake"), "TRITON_PROBE": str(probe), "MUJOCO_GL": mujoco_gl,
+           "OMP_NUM_THREADS": "1"}
+    res = subprocess.run([sys.executable, str(sac.__file__), *flags(total_timesteps=0)], cwd=tmp_path, env=env,
+                         capture_output=True, text=True, timeout=120)
+    assert_one_line_error(res, "--total-timesteps")  # the import comes first, before any input check
+    if mujoco_gl == "osmesa":
+        assert json.loads(probe.read_text()) == {"mujoco_loaded": False}
+    else:  # EGL has no such clash: no reason to import triton
+        assert not probe.exists()
