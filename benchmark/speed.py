@@ -7,7 +7,9 @@ Both sides use 256-256 networks, batch 256, one gradient step per env step, auto
 same device and the same torch thread count. After --learning-starts random steps each, the two
 alternate for --rounds rounds of --steps steps each (A B A B ...), so a machine that gets slower
 or faster affects both. Printed: steps/s per round and median for each, the per-round ratio, and
-where our step spends its time. SB3 runs its own loop (`model.learn`). Ours runs the loop body of
+where our step spends its time. Each round is also timed in CPU time (time.process_time, all threads
+of this process): on a machine shared with other jobs, wall time counts the time the process waited
+for a core, CPU time does not, so with one torch thread steps per CPU-second is the steadier figure. SB3 runs its own loop (`model.learn`). Ours runs the loop body of
 sac_continuous.py's main loop from the script's own functions, so each phase can be timed.
 Nothing here asserts a speed. The numbers are what this machine did this time.
 """
@@ -29,19 +31,22 @@ import sac_continuous as sac  # noqa: E402
 
 
 class PhaseTimer:
-    """Wraps callables so each call's wall time is added to a named phase."""
+    """Wraps callables so each call's time is added to a named phase: CPU time on the CPU (not the
+    time spent waiting for a core on a shared machine), wall time after a device sync on CUDA."""
 
     def __init__(self, device: torch.device):
         self.totals: dict[str, float] = defaultdict(float)
         self.sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+        self.clock = time.perf_counter if device.type == "cuda" else time.process_time
+        self.unit = "wall" if device.type == "cuda" else "CPU"
 
     def wrap(self, name: str, fn):
         def timed(*a, **kw):
             self.sync()
-            t = time.perf_counter()
+            t = self.clock()
             out = fn(*a, **kw)
             self.sync()
-            self.totals[name] += time.perf_counter() - t
+            self.totals[name] += self.clock() - t
             return out
 
         return timed
@@ -125,22 +130,28 @@ def main() -> None:
     ours.timer.totals.clear()
     ours.steps = 0
 
-    sps: dict[str, list[float]] = {k: [] for k in sides}
+    sps: dict[str, list[float]] = {k: [] for k in sides}  # steps per wall-clock second
+    cps: dict[str, list[float]] = {k: [] for k in sides}  # steps per CPU second
     for r in range(a.rounds):
         for name, side in sides.items():
-            t = time.perf_counter()
+            t, c = time.perf_counter(), time.process_time()
             side.run(a.steps, learn=True)
             sps[name].append(a.steps / (time.perf_counter() - t))
+            cps[name].append(a.steps / (time.process_time() - c))
         print(f"round {r + 1}: sac_continuous {sps['sac_continuous'][-1]:.1f} steps/s, sb3 {sps['sb3'][-1]:.1f} steps/s, "
-              f"ratio {sps['sac_continuous'][-1] / sps['sb3'][-1]:.2f}")
+              f"ratio {sps['sac_continuous'][-1] / sps['sb3'][-1]:.2f} (per CPU second: "
+              f"{cps['sac_continuous'][-1]:.1f} vs {cps['sb3'][-1]:.1f}, ratio {cps['sac_continuous'][-1] / cps['sb3'][-1]:.2f})",
+              flush=True)
 
-    ratios = [x / y for x, y in zip(sps["sac_continuous"], sps["sb3"])]
     print(f"\n{a.env_id}, device {a.device}, {a.threads} torch threads, {a.rounds} rounds x {a.steps} steps")
-    for name in sides:
-        print(f"{name:>15}: median {statistics.median(sps[name]):.1f} steps/s (min {min(sps[name]):.1f}, max {max(sps[name]):.1f})")
-    print(f"{'ratio':>15}: median {statistics.median(ratios):.2f} (min {min(ratios):.2f}, max {max(ratios):.2f})")
+    for label, per in (("steps/s", sps), ("steps per CPU second", cps)):
+        ratios = [x / y for x, y in zip(per["sac_continuous"], per["sb3"])]
+        print(f"{label}:")
+        for name in sides:
+            print(f"{name:>15}: median {statistics.median(per[name]):.1f} (min {min(per[name]):.1f}, max {max(per[name]):.1f})")
+        print(f"{'ratio':>15}: median {statistics.median(ratios):.2f} (min {min(ratios):.2f}, max {max(ratios):.2f})")
     total = sum(ours.timer.totals.values())
-    print(f"\nsac_continuous, time per env step by phase ({ours.steps} steps):")
+    print(f"\nsac_continuous, {ours.timer.unit} time per env step by phase ({ours.steps} steps):")
     for name, secs in sorted(ours.timer.totals.items(), key=lambda kv: -kv[1]):
         print(f"  {name:>14}: {secs / ours.steps * 1e3:7.3f} ms  {100 * secs / total:5.1f}%")
 
