@@ -365,7 +365,7 @@ class ReplayBuffer:
 # ----------------------------------------------------------------------------------------------
 
 
-def critic_target(reward, termination, next_q1, next_q2, next_log_prob, alpha: float, gamma: float):
+def critic_target(reward, termination, next_q1, next_q2, next_log_prob, alpha, gamma: float):
     """y = r + gamma * (1 - terminated) * (min_j Q'_j(s', a') - alpha * log pi(a'|s')).
 
     Only termination stops bootstrapping: a time-limit truncation is not a terminal state of the MDP."""
@@ -406,7 +406,10 @@ class SAC:
         # log_alpha is created once and only ever updated in place: the optimizer holds this tensor
         self.log_alpha = torch.tensor([math.log(args.alpha)], device=device, requires_grad=args.autotune)
         self.a_optimizer = torch.optim.Adam([self.log_alpha], lr=args.q_lr, **adam) if args.autotune else None
-        self.alpha = math.exp(math.log(args.alpha))
+        # alpha = exp(log_alpha), the value the losses use: a tensor on the device, updated in place.
+        # Reading it back as a Python float after every alpha step (.item()) would make the host wait
+        # for the device, a GPU sync per update; a float is made only when alpha is logged.
+        self.alpha = torch.tensor([args.alpha], dtype=torch.float32, device=device)
         self.n_updates = 0
 
     def modules(self) -> dict[str, nn.Module]:
@@ -468,7 +471,8 @@ class SAC:
         self.a_optimizer.zero_grad()
         alpha_loss.backward()
         self.a_optimizer.step()
-        self.alpha = self.log_alpha.exp().item()
+        with torch.no_grad():
+            self.alpha.copy_(self.log_alpha.exp())
         return alpha_loss.detach()
 
     def update_targets(self) -> None:
@@ -879,7 +883,7 @@ def _train(args, device, run_dir, saved, ckpt, envs, obs_dim, low, high) -> int:
                 "best_eval": best_eval, "last_return": last_return, "obs": torch.from_numpy(obs.copy()),
                 "modules": {k: m.state_dict() for k, m in agent.modules().items()},
                 "optimizers": {k: o.state_dict() for k, o in agent.optimizers().items()},
-                "log_alpha": agent.log_alpha.detach().clone(), "alpha": agent.alpha, "rng": rng_states(),
+                "log_alpha": agent.log_alpha.detach().clone(), "alpha": agent.alpha.clone(), "rng": rng_states(),
                 "action_space_rng": envs.action_space.np_random.bit_generator.state,
                 "envs": [get_env_state(e) for e in envs.envs]}
 
@@ -936,7 +940,7 @@ def _train(args, device, run_dir, saved, ckpt, envs, obs_dim, low, high) -> int:
                         raise Diverged(", ".join(f"{k}={v:.4g}" for k, v in values.items()))
                     for k, v in values.items():
                         writer.add_scalar(f"losses/{k}", v, global_step)
-                    writer.add_scalar("losses/alpha", agent.alpha, global_step)
+                    writer.add_scalar("losses/alpha", agent.alpha.item(), global_step)
                     writer.add_scalar("charts/SPS", int((global_step - start_step) / (time.time() - start_time)), global_step)
 
             # the last step always evaluates (the final model) and, unless checkpoints are off, checkpoints
@@ -971,8 +975,8 @@ def _train(args, device, run_dir, saved, ckpt, envs, obs_dim, low, high) -> int:
 
 
 def restore(saved: dict, ckpt: Path, agent: SAC, rb: ReplayBuffer, envs: gym.vector.SyncVectorEnv) -> None:
-    """Put every piece of state back in place. log_alpha is overwritten in place, so its optimizer,
-    which holds that very tensor, keeps training it."""
+    """Put every piece of state back in place. log_alpha and alpha are overwritten in place, so the
+    optimizer, which holds that very log_alpha tensor, keeps training it."""
     try:
         for k, m in agent.modules().items():
             m.load_state_dict(saved["modules"][k])
@@ -980,7 +984,8 @@ def restore(saved: dict, ckpt: Path, agent: SAC, rb: ReplayBuffer, envs: gym.vec
             o.load_state_dict(saved["optimizers"][k])
         with torch.no_grad():
             agent.log_alpha.copy_(saved["log_alpha"])
-        agent.alpha, agent.n_updates = saved["alpha"], saved["n_updates"]
+            agent.alpha.copy_(torch.as_tensor(saved["alpha"], dtype=torch.float32))  # a float in older checkpoints
+        agent.n_updates = saved["n_updates"]
         rb.load(ckpt / "buffer", saved["buffer"])
         for env, env_state in zip(envs.envs, saved["envs"]):
             set_env_state(env, env_state)

@@ -107,7 +107,7 @@ def params(module):
 def test_update_losses_are_the_sac_losses(kw):
     """Recompute the critic and actor losses of one update independently, with the same noise."""
     agent = make_agent(**kw)
-    alpha, gamma = agent.alpha, agent.args.gamma
+    alpha, gamma = agent.alpha.item(), agent.args.gamma  # a float: agent.alpha is updated in place
     before = {k: copy.deepcopy(m) for k, m in agent.modules().items()}
     obs, act, rew, term, next_obs = (torch.as_tensor(np.asarray(x, np.float32)) for x in make_batch())
 
@@ -148,13 +148,13 @@ def test_update_steps_critics_actor_and_moves_targets_by_tau():
 def test_autotune_moves_log_alpha_against_the_alpha_loss_gradient(seed):
     agent = make_agent(alpha=0.2)
     assert agent.target_entropy == -ACT_DIM
-    assert agent.alpha == pytest.approx(0.2) and agent.log_alpha.item() == pytest.approx(np.log(0.2))
+    assert agent.alpha.item() == pytest.approx(0.2) and agent.log_alpha.item() == pytest.approx(np.log(0.2))
     stats = agent.update(make_batch(seed=seed))
     step = agent.log_alpha.item() - np.log(0.2)
     # dJ/dlog_alpha = J here (J = alpha * c): Adam's first step goes against its sign, by the learning rate
     assert step != 0 and np.sign(step) == -np.sign(stats["alpha_loss"].item())
     assert abs(step) == pytest.approx(agent.args.q_lr, rel=0.01)
-    assert agent.alpha == pytest.approx(np.exp(agent.log_alpha.item()), rel=1e-6)  # the alpha the losses use
+    assert agent.alpha.item() == pytest.approx(np.exp(agent.log_alpha.item()), rel=1e-6)  # the alpha the losses use
 
 
 def test_entropy_too_low_raises_alpha_in_a_real_update():
@@ -162,10 +162,10 @@ def test_entropy_too_low_raises_alpha_in_a_real_update():
     agent = make_agent()
     with torch.no_grad():
         agent.actor.log_std.bias.fill_(-100.0)
-    start = agent.alpha
+    start = agent.alpha.item()
     for i in range(3):
         agent.update(make_batch(seed=i))
-    assert agent.alpha > start
+    assert agent.alpha.item() > start
 
 
 def test_no_autotune_keeps_alpha_fixed():
@@ -174,7 +174,26 @@ def test_no_autotune_keeps_alpha_fixed():
     for i in range(5):
         stats = agent.update(make_batch(seed=i))
         assert "alpha_loss" not in stats and "actor_loss" in stats
-    assert agent.alpha == 0.3 and agent.log_alpha.item() == pytest.approx(np.log(0.3))
+    assert agent.alpha.item() == np.float32(0.3) and agent.log_alpha.item() == pytest.approx(np.log(0.3))
+
+
+def test_update_reads_nothing_back_to_the_host(monkeypatch):
+    """alpha stays a device tensor: an update makes no .item()/float() call, each of which would wait for
+    a GPU (a sync per update). Only logging reads values back."""
+    agent = make_agent()
+    agent.update(make_batch())  # the first update may set things up
+
+    def refuse(*a, **kw):
+        raise AssertionError("host read-back (.item/float/bool) during an update")
+
+    for name in ("item", "__float__", "__bool__", "tolist"):
+        monkeypatch.setattr(torch.Tensor, name, refuse)
+    alpha = agent.alpha
+    for i in range(3):
+        agent.update(make_batch(seed=i))
+    monkeypatch.undo()
+    assert agent.alpha is alpha and isinstance(alpha, torch.Tensor)  # updated in place, never replaced
+    assert agent.alpha.item() == pytest.approx(np.exp(agent.log_alpha.item()), rel=1e-6)
 
 
 def test_alpha_step_sends_no_gradient_to_the_actor():
