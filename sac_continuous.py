@@ -381,10 +381,10 @@ def alpha_loss_fn(log_alpha: torch.Tensor, log_prob: torch.Tensor, target_entrop
 
 
 @torch.no_grad()
-def polyak_update(online: nn.Module, target: nn.Module, tau: float) -> None:
-    """target <- target + tau * (online - target)"""
-    for p_t, p in zip(target.parameters(), online.parameters()):
-        p_t.lerp_(p, tau)
+def polyak_update(online: list[torch.Tensor], target: list[torch.Tensor], tau: float) -> None:
+    """target <- target + tau * (online - target), for every pair of tensors in one foreach call
+    instead of a Python loop over the parameters (the same lerp per tensor)."""
+    torch._foreach_lerp_(target, online, tau)
 
 
 class SAC:
@@ -398,9 +398,11 @@ class SAC:
         self.qf1_target, self.qf2_target = SoftQNetwork(obs_dim, act_dim).to(device), SoftQNetwork(obs_dim, act_dim).to(device)
         self.qf1_target.load_state_dict(self.qf1.state_dict())
         self.qf2_target.load_state_dict(self.qf2.state_dict())
+        self.q_params = [*self.qf1.parameters(), *self.qf2.parameters()]
+        self.q_target_params = [*self.qf1_target.parameters(), *self.qf2_target.parameters()]
         # fused Adam: one kernel for all parameters instead of a Python loop over them (CPU and CUDA)
         adam = dict(fused=device.type in ("cpu", "cuda"))
-        self.q_optimizer = torch.optim.Adam([*self.qf1.parameters(), *self.qf2.parameters()], lr=args.q_lr, **adam)
+        self.q_optimizer = torch.optim.Adam(self.q_params, lr=args.q_lr, **adam)
         self.actor_optimizer = torch.optim.Adam(self.actor.parameters(), lr=args.policy_lr, **adam)
         self.target_entropy = -float(act_dim)
         # log_alpha is created once and only ever updated in place: the optimizer holds this tensor
@@ -476,8 +478,7 @@ class SAC:
         return alpha_loss.detach()
 
     def update_targets(self) -> None:
-        polyak_update(self.qf1, self.qf1_target, self.args.tau)
-        polyak_update(self.qf2, self.qf2_target, self.args.tau)
+        polyak_update(self.q_params, self.q_target_params, self.args.tau)
 
     def weights_finite(self) -> bool:
         return all(bool(torch.isfinite(p).all()) for m in self.modules().values() for p in m.parameters()) \

@@ -48,7 +48,7 @@ def test_polyak_moves_each_target_parameter_by_exactly_tau_of_the_difference(tau
     online, target = sac.SoftQNetwork(4, 2), sac.SoftQNetwork(4, 2)
     before = [p.detach().clone() for p in target.parameters()]
     online_before = [p.detach().clone() for p in online.parameters()]
-    sac.polyak_update(online, target, tau=tau)
+    sac.polyak_update(list(online.parameters()), list(target.parameters()), tau=tau)
     for b, p_t, p, p0 in zip(before, target.parameters(), online.parameters(), online_before):
         assert torch.equal(p, p0)  # the online network is untouched
         torch.testing.assert_close(p_t - b, tau * (p - b), rtol=1e-5, atol=1e-7)
