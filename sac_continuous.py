@@ -218,6 +218,18 @@ class SoftQNetwork(nn.Module):
     def forward(self, obs: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
         return self.net(torch.cat([obs, action], dim=-1))
 
+    def value_for_actor(self, obs: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
+        """The same Q(s, a), for the actor's loss, which needs dQ/da and nothing else. The weights are
+        detached (constants: backward computes no weight gradients), and the first layer W [s; a] + b
+        is split into W_s s + (W_a a + b), so backward multiplies by W_a (act_dim columns) instead of
+        by all of W to then keep act_dim of obs_dim + act_dim columns: on Humanoid that skips 2 x 46
+        MFLOP per update. Equal to forward up to the rounding order of the first layer's sums."""
+        first, _, hidden, _, out = self.net
+        w_obs, w_act = first.weight.detach().split([obs.shape[-1], action.shape[-1]], dim=1)
+        h = F.relu(F.linear(obs, w_obs) + F.linear(action, w_act, first.bias.detach()))
+        h = F.relu(F.linear(h, hidden.weight.detach(), hidden.bias.detach()))
+        return F.linear(h, out.weight.detach(), out.bias.detach())
+
 
 class Actor(nn.Module):
     """Gaussian policy squashed by tanh and rescaled to the action bounds: a = scale * tanh(u) + bias."""
@@ -457,10 +469,7 @@ class SAC:
     def update_actor(self, obs) -> tuple[torch.Tensor, torch.Tensor]:
         """J(pi) = E[alpha * log pi(a|s) - min_j Q_j(s, a)], a ~ pi(.|s) reparameterized."""
         pi, log_pi = self.actor.sample(obs)
-        # the actor loss needs dQ/da only: freezing the critics skips their weight gradients
-        self.qf1.requires_grad_(False), self.qf2.requires_grad_(False)
-        min_q = torch.min(self.qf1(obs, pi), self.qf2(obs, pi))
-        self.qf1.requires_grad_(True), self.qf2.requires_grad_(True)
+        min_q = torch.min(self.qf1.value_for_actor(obs, pi), self.qf2.value_for_actor(obs, pi))
         actor_loss = (self.alpha * log_pi - min_q).mean()
         self.actor_optimizer.zero_grad()
         actor_loss.backward()

@@ -133,6 +133,15 @@ def test_update_losses_are_the_sac_losses(kw):
     torch.testing.assert_close(stats["actor_loss"], (alpha * logp - min_q).mean())
 
 
+def test_actor_step_leaves_the_critics_gradients_alone():
+    """The actor loss differentiates through the critics with respect to the action only."""
+    agent = make_agent()
+    agent.q_optimizer.zero_grad(set_to_none=True)
+    agent.update_actor(torch.randn(16, OBS_DIM))
+    assert all(p.grad is None for p in agent.q_params)
+    assert all(p.grad is not None for p in agent.actor.parameters())
+
+
 def test_update_steps_critics_actor_and_moves_targets_by_tau():
     agent = make_agent(tau=0.1)
     snap = {k: params(m) for k, m in agent.modules().items()}
