@@ -342,9 +342,13 @@ class ReplayBuffer:
         while bad.size:  # redraw final-observation and not-yet-complete slots (a few percent at most)
             slot[bad] = self.rng.integers(0, filled[env[bad]])
             bad = bad[~self.valid[env[bad], slot[bad]]]
-        nxt = (slot + 1) % self.capacity
-        return (self.obs[env, slot], self.actions[env, slot], self.rewards[env, slot],
-                self.terminations[env, slot], self.obs[env, nxt])
+        # rows of the (envs * slots) flattened arrays; s and s' come from one gather (np.take on
+        # 1-D indices: 250 -> 170 us per Humanoid batch against two 2-D fancy indexes)
+        row = env * self.capacity + slot
+        next_row = env * self.capacity + (slot + 1) % self.capacity
+        obs = self.obs.reshape(-1, self.obs.shape[-1]).take(np.concatenate([row, next_row]), axis=0)
+        return (obs[:batch_size], self.actions.reshape(-1, self.actions.shape[-1]).take(row, axis=0),
+                self.rewards.reshape(-1).take(row), self.terminations.reshape(-1).take(row), obs[batch_size:])
 
     # --- persistence: plain .npy files, readable with numpy alone (layout in README) ---
 
