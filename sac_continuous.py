@@ -95,7 +95,7 @@ class Args:
     log_frequency: int = 100
     """write loss scalars to TensorBoard every N gradient updates"""
     compile: bool = False
-    """torch.compile the critic and actor losses (forward and backward). A speed option for GPUs; the same algorithm. On a small CPU it is no faster"""
+    """torch.compile the critic and actor losses (forward and backward): a speed option for GPUs, the same algorithm (on the 2-core CPU in README's Speed section it was slower than without)"""
     cudagraphs: bool = False
     """CUDA only: record each update step (and the action sampling) as a CUDA graph once and replay it, so the host launches one graph instead of hundreds of kernels. The same algorithm; exact resume is not guaranteed with it"""
 
