@@ -927,6 +927,9 @@ def check_fast_path(args: Args, device: torch.device) -> None:
 
         if importlib.util.find_spec("triton") is None:
             raise UserError("--compile on CUDA needs the triton package; install it or drop --compile")
+        # triton builds a small C launcher with $CC, else gcc, else clang
+        if not (os.environ.get("CC") or shutil.which("gcc") or shutil.which("clang")):
+            raise UserError("--compile on CUDA needs a C compiler for triton (gcc or clang, or set CC); install one or drop --compile")
 
 
 def train(args: Args) -> int:
