@@ -150,3 +150,23 @@ def test_cuda_graph_updates_equal_eager_updates(compile):
             torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-5, msg=f"{k}.{name}")
     torch.testing.assert_close(graphed.log_alpha, eager.log_alpha, rtol=1e-4, atol=1e-6)
     assert graphed.action.shape == eager.action.shape == (1, ACT_DIM)
+
+
+def test_compile_on_cuda_without_triton_or_a_c_compiler_is_refused(monkeypatch):
+    """Checked before anything runs (the device need not exist: only the checks are called)."""
+    import importlib.util
+    import shutil
+
+    cuda = torch.device("cuda")
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "triton" else real_find_spec(name, *a))
+    with pytest.raises(sac.UserError, match="triton"):
+        sac.check_fast_path(sac.Args(compile=True), cuda)
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: object() if name == "triton" else real_find_spec(name, *a))
+    monkeypatch.delenv("CC", raising=False)
+    monkeypatch.setattr(shutil, "which", lambda name: None)
+    with pytest.raises(sac.UserError, match="C compiler"):
+        sac.check_fast_path(sac.Args(compile=True), cuda)
+    sac.check_fast_path(sac.Args(), cuda)  # without --compile nothing is needed
+    monkeypatch.setenv("CC", "gcc")
+    sac.check_fast_path(sac.Args(compile=True), cuda)
