@@ -94,6 +94,24 @@ def test_bad_input_one_line_and_nothing_written(run, tmp_path, case):
     assert snapshot(tmp_path) == {}
 
 
+def test_cudagraphs_off_cuda_is_refused(run, tmp_path):
+    """CUDA graphs exist only on CUDA: --device cpu, and auto on a machine without CUDA, are refused."""
+    res = run(*flags(), "--cudagraphs")
+    assert_one_line_error(res, "--cudagraphs", "CUDA", "cpu")
+    assert snapshot(tmp_path) == {}
+    if not torch.cuda.is_available():
+        res = run(*flags(device="auto"), "--cudagraphs")
+        assert_one_line_error(res, "--cudagraphs", "CUDA")
+        assert snapshot(tmp_path) == {}
+
+
+def test_compile_on_cpu_without_a_compiler_is_refused(run, tmp_path, monkeypatch):
+    monkeypatch.setenv("CXX", "no-such-compiler")
+    res = run(*flags(), "--compile")
+    assert_one_line_error(res, "--compile", "no-such-compiler")
+    assert snapshot(tmp_path) == {}
+
+
 def test_unwritable_output_dir(run, tmp_path):
     (tmp_path / "file").write_text("x")  # a directory below a regular file cannot exist, even for root
     before = snapshot(tmp_path)

@@ -48,7 +48,7 @@ def test_polyak_moves_each_target_parameter_by_exactly_tau_of_the_difference(tau
     online, target = sac.SoftQNetwork(4, 2), sac.SoftQNetwork(4, 2)
     before = [p.detach().clone() for p in target.parameters()]
     online_before = [p.detach().clone() for p in online.parameters()]
-    sac.polyak_update(online, target, tau=tau)
+    sac.polyak_update(list(online.parameters()), list(target.parameters()), tau=tau)
     for b, p_t, p, p0 in zip(before, target.parameters(), online.parameters(), online_before):
         assert torch.equal(p, p0)  # the online network is untouched
         torch.testing.assert_close(p_t - b, tau * (p - b), rtol=1e-5, atol=1e-7)
@@ -107,7 +107,7 @@ def params(module):
 def test_update_losses_are_the_sac_losses(kw):
     """Recompute the critic and actor losses of one update independently, with the same noise."""
     agent = make_agent(**kw)
-    alpha, gamma = agent.alpha, agent.args.gamma
+    alpha, gamma = agent.alpha.item(), agent.args.gamma  # a float: agent.alpha is updated in place
     before = {k: copy.deepcopy(m) for k, m in agent.modules().items()}
     obs, act, rew, term, next_obs = (torch.as_tensor(np.asarray(x, np.float32)) for x in make_batch())
 
@@ -133,6 +133,15 @@ def test_update_losses_are_the_sac_losses(kw):
     torch.testing.assert_close(stats["actor_loss"], (alpha * logp - min_q).mean())
 
 
+def test_actor_step_leaves_the_critics_gradients_alone():
+    """The actor loss differentiates through the critics with respect to the action only."""
+    agent = make_agent()
+    agent.q_optimizer.zero_grad(set_to_none=True)
+    agent.update_actor(torch.randn(16, OBS_DIM))
+    assert all(p.grad is None for p in agent.q_params)
+    assert all(p.grad is not None for p in agent.actor.parameters())
+
+
 def test_update_steps_critics_actor_and_moves_targets_by_tau():
     agent = make_agent(tau=0.1)
     snap = {k: params(m) for k, m in agent.modules().items()}
@@ -148,13 +157,13 @@ def test_update_steps_critics_actor_and_moves_targets_by_tau():
 def test_autotune_moves_log_alpha_against_the_alpha_loss_gradient(seed):
     agent = make_agent(alpha=0.2)
     assert agent.target_entropy == -ACT_DIM
-    assert agent.alpha == pytest.approx(0.2) and agent.log_alpha.item() == pytest.approx(np.log(0.2))
+    assert agent.alpha.item() == pytest.approx(0.2) and agent.log_alpha.item() == pytest.approx(np.log(0.2))
     stats = agent.update(make_batch(seed=seed))
     step = agent.log_alpha.item() - np.log(0.2)
     # dJ/dlog_alpha = J here (J = alpha * c): Adam's first step goes against its sign, by the learning rate
     assert step != 0 and np.sign(step) == -np.sign(stats["alpha_loss"].item())
     assert abs(step) == pytest.approx(agent.args.q_lr, rel=0.01)
-    assert agent.alpha == pytest.approx(np.exp(agent.log_alpha.item()), rel=1e-6)  # the alpha the losses use
+    assert agent.alpha.item() == pytest.approx(np.exp(agent.log_alpha.item()), rel=1e-6)  # the alpha the losses use
 
 
 def test_entropy_too_low_raises_alpha_in_a_real_update():
@@ -162,10 +171,10 @@ def test_entropy_too_low_raises_alpha_in_a_real_update():
     agent = make_agent()
     with torch.no_grad():
         agent.actor.log_std.bias.fill_(-100.0)
-    start = agent.alpha
+    start = agent.alpha.item()
     for i in range(3):
         agent.update(make_batch(seed=i))
-    assert agent.alpha > start
+    assert agent.alpha.item() > start
 
 
 def test_no_autotune_keeps_alpha_fixed():
@@ -174,7 +183,26 @@ def test_no_autotune_keeps_alpha_fixed():
     for i in range(5):
         stats = agent.update(make_batch(seed=i))
         assert "alpha_loss" not in stats and "actor_loss" in stats
-    assert agent.alpha == 0.3 and agent.log_alpha.item() == pytest.approx(np.log(0.3))
+    assert agent.alpha.item() == np.float32(0.3) and agent.log_alpha.item() == pytest.approx(np.log(0.3))
+
+
+def test_update_reads_nothing_back_to_the_host(monkeypatch):
+    """alpha stays a device tensor: an update makes no .item()/float() call, each of which would wait for
+    a GPU (a sync per update). Only logging reads values back."""
+    agent = make_agent()
+    agent.update(make_batch())  # the first update may set things up
+
+    def refuse(*a, **kw):
+        raise AssertionError("host read-back (.item/float/bool) during an update")
+
+    for name in ("item", "__float__", "__bool__", "tolist"):
+        monkeypatch.setattr(torch.Tensor, name, refuse)
+    alpha = agent.alpha
+    for i in range(3):
+        agent.update(make_batch(seed=i))
+    monkeypatch.undo()
+    assert agent.alpha is alpha and isinstance(alpha, torch.Tensor)  # updated in place, never replaced
+    assert agent.alpha.item() == pytest.approx(np.exp(agent.log_alpha.item()), rel=1e-6)
 
 
 def test_alpha_step_sends_no_gradient_to_the_actor():

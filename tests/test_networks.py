@@ -130,3 +130,18 @@ def test_log_std_is_clamped():
         actor.log_std.bias.fill_(-100.0)
         _, log_std = actor(torch.randn(4, OBS_DIM))
     assert log_std.min().item() == sac.LOG_STD_MIN == -5.0
+
+
+def test_critic_value_for_actor_is_q_with_a_gradient_for_the_action_only():
+    """The actor step's Q: the same values and dQ/da as forward, no gradient into the critic's weights."""
+    torch.manual_seed(0)
+    q = sac.SoftQNetwork(OBS_DIM, 3)
+    obs, action = torch.randn(64, OBS_DIM), torch.randn(64, 3, requires_grad=True)
+    plain = q(obs, action)
+    dq_da = torch.autograd.grad(plain.sum(), action)[0]
+    q.zero_grad(set_to_none=True)
+    value = q.value_for_actor(obs, action)
+    value.sum().backward()
+    torch.testing.assert_close(value, plain, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(action.grad, dq_da, rtol=1e-5, atol=1e-6)
+    assert all(p.grad is None for p in q.parameters())
