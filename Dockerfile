@@ -5,13 +5,15 @@
 
 ARG BASE_IMAGE=debian:bookworm-slim
 
-# ---- base: Debian's Python 3.11 and headless OpenGL (EGL for NVIDIA GPUs, OSMesa for CPUs)
+# ---- base: Debian's Python 3.11, headless OpenGL (EGL for NVIDIA GPUs, OSMesa for CPUs), and the
+# compilers that --compile needs at run time (triton's launcher on CUDA: gcc and Python's headers;
+# Inductor's kernels on the CPU: g++)
 FROM ${BASE_IMAGE} AS base
 # Debian's package versions are not pinned: a bookworm point release drops the old ones.
 # hadolint ignore=DL3008
 RUN apt-get update \
     && apt-get install -y --no-install-recommends \
-        ca-certificates python3 libegl1 libgl1 libglvnd0 libosmesa6 \
+        ca-certificates python3 libegl1 libgl1 libglvnd0 libosmesa6 gcc g++ libc6-dev python3-dev \
     && rm -rf /var/lib/apt/lists/*
 
 # ---- build: the venv. Only /opt/venv goes on, so wheels in docker/wheels stay out of the image.

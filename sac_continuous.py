@@ -924,8 +924,6 @@ def check_fast_path(args: Args, device: torch.device) -> None:
         if shutil.which(compiler) is None:
             raise UserError(f"--compile on the CPU needs a C++ compiler ({compiler}, or set CXX); install one or drop --compile")
     if args.compile and device.type == "cuda":
-        import importlib.util
-
         if importlib.util.find_spec("triton") is None:
             raise UserError("--compile on CUDA needs the triton package; install it or drop --compile")
         # triton builds a small C launcher with $CC, else gcc, else clang

@@ -145,6 +145,15 @@ ls "$runs"/smoke/events.out.tfevents.* >/dev/null 2>&1 || fail "no TensorBoard e
 [ -s "$runs/smoke/model.pt" ] || fail "no model.pt in the mounted runs/smoke"
 log "smoke training ok in $((SECONDS - t))s: TensorBoard events and model.pt in the mounted runs/smoke"
 
+# ---- --compile in the image: Inductor builds its CPU kernels with the image's g++ (a few hundred updates)
+log "--compile: Pendulum-v1, 700 steps, 200 compiled updates"
+t=$SECONDS
+run_container -v "$runs:/app/runs" "$IMAGE" --env-id Pendulum-v1 --total-timesteps 700 --learning-starts 500 \
+    --eval-episodes 1 --buffer-size 10000 --checkpoint-frequency 0 --compile --run-name compiled \
+    || fail "training with --compile (exit $?)"
+[ -s "$runs/compiled/model.pt" ] || fail "no model.pt from the --compile run"
+log "--compile ok in $((SECONDS - t))s"
+
 # ---- video: a MuJoCo env rendered headless (OSMesa without a GPU), run as another uid as README
 # suggests for Linux hosts (--user "$(id -u):$(id -g)"), then the model evaluated and filmed again
 vruns=$WORK/vruns
