@@ -18,27 +18,11 @@ import torch
 import torch._inductor.config as inductor_config
 
 import sac_continuous as sac
+from test_losses import ACT_DIM, make_agent, make_batch
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
-OBS_DIM, ACT_DIM = 3, 2
-LOW, HIGH = np.array([-1.0, 0.0], np.float32), np.array([1.0, 4.0], np.float32)
 TOL = dict(rtol=1e-5, atol=1e-6)
-
-
-def make_agent(device="cpu", **kw):
-    torch.manual_seed(0)
-    agent = sac.SAC(OBS_DIM, LOW, HIGH, sac.Args(env_id="test", **kw), torch.device(device))
-    with torch.no_grad():  # targets unlike the online critics, so that mixing them up would show
-        for p in agent.q_target_params:
-            p.add_(0.05 * torch.randn_like(p))
-    return agent
-
-
-def make_batch(n=32, seed=0):
-    g = np.random.default_rng(seed)
-    return (g.normal(size=(n, OBS_DIM)).astype(np.float32), g.uniform(-1, 1, (n, ACT_DIM)).astype(np.float32),
-            g.normal(size=n).astype(np.float32), g.random(n) < 0.3, g.normal(size=(n, OBS_DIM)).astype(np.float32))
 
 
 def tensors(batch, device="cpu"):

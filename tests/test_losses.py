@@ -82,11 +82,12 @@ def test_alpha_loss_does_not_backpropagate_into_log_prob():
 # ----------------------------------------------------------------------------------------------
 
 
-def make_agent(**kw):
+def make_agent(device="cpu", **kw):
+    """A small SAC agent (also used by test_fast_path.py)."""
     torch.manual_seed(0)
     args = sac.Args(env_id="test", **kw)
     low, high = np.array([-1.0, 0.0], np.float32), np.array([1.0, 4.0], np.float32)
-    agent = sac.SAC(OBS_DIM, low, high, args, torch.device("cpu"))
+    agent = sac.SAC(OBS_DIM, low, high, args, torch.device(device))
     with torch.no_grad():  # targets different from the online critics, so using the wrong ones shows
         for p in (*agent.qf1_target.parameters(), *agent.qf2_target.parameters()):
             p.add_(0.05 * torch.randn_like(p))
