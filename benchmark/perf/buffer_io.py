@@ -1,7 +1,7 @@
 """Replay buffer save and load: this script's checkpoint layout vs the design notebook's.
 
-    python benchmark/buffer_io.py                       # a full 1M-transition Humanoid-v5 buffer
-    python benchmark/buffer_io.py --size 100000 --dir /mnt/scratch
+    python benchmark/perf/buffer_io.py                       # a full 1M-transition Humanoid-v5 buffer
+    python benchmark/perf/buffer_io.py --size 100000 --dir /mnt/scratch
 
 Builds a full sac_continuous.ReplayBuffer shaped like Humanoid-v5's (the sizes come from
 gym.make(--env-id)), fills it directly with random float32 data (no env steps) and marks every
@@ -34,7 +34,7 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 import sac_continuous as sac  # noqa: E402
 
 GB = 1e9

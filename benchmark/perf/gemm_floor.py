@@ -1,6 +1,6 @@
 """How close one SAC update is to its matrix-multiplication floor on this CPU.
 
-    OMP_NUM_THREADS=1 python benchmark/gemm_floor.py --env-id Humanoid-v5 --threads 1
+    OMP_NUM_THREADS=1 python benchmark/perf/gemm_floor.py --env-id Humanoid-v5 --threads 1
 
 Builds the script's agent with the environment's sizes and a random batch of 256, records every
 matrix multiplication (aten mm/addmm) that one SAC.update runs, with its shapes and memory layout,
@@ -28,7 +28,7 @@ import numpy as np
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 import sac_continuous as sac  # noqa: E402
 
 MATMULS = (torch.ops.aten.mm.default, torch.ops.aten.addmm.default)

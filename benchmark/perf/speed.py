@@ -1,8 +1,8 @@
 """Training speed after learning starts: sac_continuous.py vs Stable-Baselines3 SAC, in one process.
 
-    pip install -r requirements.txt -r benchmark/requirements-bench.txt
-    OMP_NUM_THREADS=1 python benchmark/speed.py --env-id Humanoid-v5 --rounds 6 --steps 200 --threads 1
-    python benchmark/speed.py --device cuda --compile --cudagraphs      # our GPU fast path vs SB3 on CUDA
+    pip install -r requirements.txt -r benchmark/perf/requirements-bench.txt
+    OMP_NUM_THREADS=1 python benchmark/perf/speed.py --env-id Humanoid-v5 --rounds 6 --steps 200 --threads 1
+    python benchmark/perf/speed.py --device cuda --compile --cudagraphs      # our GPU fast path vs SB3 on CUDA
 
 Both sides use 256-256 networks, batch 256, one gradient step per env step, autotuned alpha, the
 same device and the same torch thread count. After --learning-starts random steps each, the two
@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 import sac_continuous as sac  # noqa: E402
 
 

@@ -1,7 +1,7 @@
 """Peak memory (resident set size) of a run with a full 1M-slot replay buffer, stage by stage.
 
-    python benchmark/memory.py                              # Humanoid-v5, 1,000,000 slots
-    python benchmark/memory.py --no-checkpoint --updates 50 # skip the 1.5 GB checkpoint write and load
+    python benchmark/perf/memory.py                              # Humanoid-v5, 1,000,000 slots
+    python benchmark/perf/memory.py --no-checkpoint --updates 50 # skip the 1.5 GB checkpoint write and load
 
 The replay buffer is allocated with np.zeros. The OS hands out zeroed pages only when they are first
 written, so a fresh run's RSS grows with the number of steps taken, and a short run's peak says
@@ -36,7 +36,7 @@ from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 import sac_continuous as sac  # noqa: E402
 
