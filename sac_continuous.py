@@ -624,14 +624,15 @@ def model_payload(agent: SAC, env_id: str, obs_dim: int, global_step: int) -> di
             "actor": agent.actor.state_dict(), "qf1": agent.qf1.state_dict(), "qf2": agent.qf2.state_dict()}
 
 
-def torch_load(path: Path, what: str, device: torch.device) -> dict:
-    """torch.load(weights_only=True) with every failure turned into one line."""
+def torch_load(path: Path, what: str) -> dict:
+    """torch.load(weights_only=True) onto the CPU (restoring converts env and RNG state with .numpy(); the
+    modules and optimizers copy their tensors to the device themselves), every failure turned into one line."""
     if not path.is_file():
         raise UserError(f"{what} {path} does not exist; check the path")
     try:
         with warnings.catch_warnings():  # torch warns about odd pickle headers: the one line below says it all
             warnings.simplefilter("ignore")
-            data = torch.load(path, map_location=device, weights_only=True)
+            data = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # zip errors, pickle errors, unsupported globals: all mean "not ours / damaged"
         # torch's own message may advise weights_only=False, i.e. running the file's code: not shown
         raise UserError(f"{what} {path} is unreadable ({type(e).__name__}): it is truncated, corrupt, or not "
@@ -642,7 +643,7 @@ def torch_load(path: Path, what: str, device: torch.device) -> dict:
 
 
 def load_model_for_eval(path: Path, env_id: str, device: torch.device) -> Actor:
-    data = torch_load(path, "model file", device)
+    data = torch_load(path, "model file")
     if data.get("format") != MODEL_FORMAT:
         raise UserError(f"{path} is not a sac_continuous.py model file (model.pt or best_model.pt)")
     if data["env_id"] != env_id:
@@ -821,8 +822,8 @@ def find_checkpoint(path: Path) -> Path | None:
     return None
 
 
-def read_checkpoint(ckpt: Path, device: torch.device) -> dict:
-    state = torch_load(ckpt / "state.pt", "checkpoint", device)
+def read_checkpoint(ckpt: Path) -> dict:
+    state = torch_load(ckpt / "state.pt", "checkpoint")
     if state.get("format") != CHECKPOINT_FORMAT:
         raise UserError(f"{ckpt / 'state.pt'} is not a sac_continuous.py checkpoint")
     missing = [k for k in CHECKPOINT_KEYS if k not in state]
@@ -936,7 +937,7 @@ def train(args: Args) -> int:
     device = pick_device(args.device)
     check_fast_path(args, device)
     run_dir, ckpt = prepare_run_dir(args)
-    saved = read_checkpoint(ckpt, device) if ckpt else None
+    saved = read_checkpoint(ckpt) if ckpt else None
     if saved is not None:
         args = merge_resume_args(args, saved["args"])
     # Everything that can reject the input happens before anything is written.

@@ -752,11 +752,16 @@ def test_flags_left_at_default_take_the_checkpoints_values(small_run, tmp_path, 
 # ----------------------------------------------------------------------------------------------
 
 
-def test_restored_log_alpha_is_the_optimizers_tensor_and_keeps_training(small_run):
+CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+
+
+# on CUDA, reading the checkpoint onto the GPU once broke every resume (.numpy() of env and RNG state)
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=CUDA)])
+def test_restored_log_alpha_is_the_optimizers_tensor_and_keeps_training(small_run, device):
     ckpt = latest_ckpt(small_run)
-    device = torch.device("cpu")
-    saved = sac.read_checkpoint(ckpt, device)
-    args = sac.merge_resume_args(sac.Args(resume=str(small_run), device="cpu"), saved["args"])
+    device = torch.device(device)
+    saved = sac.read_checkpoint(ckpt)
+    args = sac.merge_resume_args(sac.Args(resume=str(small_run), device=device.type), saved["args"])
     assert args.autotune and saved["n_updates"] == SMALL_TOTAL - 100
     envs = sac.make_vector_env(args.env_id, args.num_envs)
     try:
@@ -769,9 +774,9 @@ def test_restored_log_alpha_is_the_optimizers_tensor_and_keeps_training(small_ru
         envs.close()
     (param,) = agent.a_optimizer.param_groups[0]["params"]
     assert param is agent.log_alpha, "the optimizer trains another tensor than log_alpha"
-    assert torch.equal(agent.log_alpha.detach(), saved["log_alpha"])
+    assert torch.equal(agent.log_alpha.detach().cpu(), saved["log_alpha"])
     assert saved["log_alpha"].item() != pytest.approx(np.log(0.5)), "precondition: log_alpha was trained"
-    assert agent.alpha == saved["alpha"]
+    assert agent.alpha.cpu() == saved["alpha"]
     adam_step = agent.a_optimizer.state[agent.log_alpha]["step"].item()
     assert adam_step == saved["n_updates"]  # the Adam moments came back with it
     before = agent.log_alpha.detach().clone()

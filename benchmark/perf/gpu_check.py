@@ -36,8 +36,12 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
 SCRIPT = ROOT / "sac_continuous.py"
-FLAG_SETS = {"eager": [], "compile": ["--compile"], "cudagraphs": ["--cudagraphs"],
-             "compile+cudagraphs": ["--compile", "--cudagraphs"]}
+FLAG_SETS = {
+    "eager": [],
+    "compile": ["--compile"],
+    "cudagraphs": ["--cudagraphs"],
+    "compile+cudagraphs": ["--compile", "--cudagraphs"],
+}
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -48,8 +52,15 @@ FLAG_SETS = {"eager": [], "compile": ["--compile"], "cudagraphs": ["--cudagraphs
 def run_child(cmd: list[str], timeout: float, env: dict | None = None, cwd: Path | None = None) -> dict:
     """Run cmd in its own process group; kill the whole group at the time box. Returns rc, output, seconds."""
     t = time.perf_counter()
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=cwd,
-                            env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}, start_new_session=True)
+    proc = subprocess.Popen(
+        cmd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        cwd=cwd,
+        env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
+        start_new_session=True,
+    )
     try:
         out, _ = proc.communicate(timeout=max(timeout, 1))
         timed_out = False
@@ -87,18 +98,30 @@ def speed_worker(a: argparse.Namespace) -> None:
     device = torch.device(a.device)
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     flags = FLAG_SETS[a.flags]
-    ours = Ours(a.env_id, a.learning_starts, device, a.seed, False,
-                compile="--compile" in flags, cudagraphs="--cudagraphs" in flags)
+    ours = Ours(
+        a.env_id,
+        a.learning_starts,
+        device,
+        a.seed,
+        False,
+        compile="--compile" in flags,
+        cudagraphs="--cudagraphs" in flags,
+    )
     ours.run(a.learning_starts, learn=False)
     t = time.perf_counter()
     ours.run(a.warmup, learn=True)  # includes compilation and graph capture
     sync()
     warmup_s = time.perf_counter() - t
     sides = {"ours": ours}
+    sb3_note = None
     if a.sb3:
-        sides["sb3"] = SB3(a.env_id, a.learning_starts, device, a.seed)
-        sides["sb3"].run(a.learning_starts, learn=False)
-        sides["sb3"].run(a.warmup, learn=True)
+        try:
+            sides["sb3"] = SB3(a.env_id, a.learning_starts, device, a.seed)
+        except ImportError:  # benchmark/perf/requirements-bench.txt is not installed (e.g. CI)
+            sb3_note = "not installed"
+        else:
+            sides["sb3"].run(a.learning_starts, learn=False)
+            sides["sb3"].run(a.warmup, learn=True)
     if a.barrier:  # concurrent runs: start timing together
         Path(a.barrier, f"ready_{os.getpid()}").touch()
         deadline = time.time() + 300
@@ -112,9 +135,14 @@ def speed_worker(a: argparse.Namespace) -> None:
             side.run(a.steps, learn=True)
             sync()
             sps[name].append(a.steps / (time.perf_counter() - t))
-    res = {"flags": a.flags, "warmup_s": warmup_s, "warmup_updates": a.warmup,
-           **{f"{k}_sps": statistics.median(v) for k, v in sps.items()},
-           **{f"{k}_sps_rounds": v for k, v in sps.items()}}
+    res = {
+        "flags": a.flags,
+        "warmup_s": warmup_s,
+        "warmup_updates": a.warmup,
+        "sb3_note": sb3_note,
+        **{f"{k}_sps": statistics.median(v) for k, v in sps.items()},
+        **{f"{k}_sps_rounds": v for k, v in sps.items()},
+    }
     if device.type == "cuda":
         res["max_memory_mib"] = torch.cuda.max_memory_allocated() / 2**20
     print("RESULT " + json.dumps(res), flush=True)
@@ -128,8 +156,11 @@ def render_worker(a: argparse.Namespace) -> None:
     env = gym.make("Humanoid-v5", render_mode="rgb_array")
     env.reset(seed=0)
     frames = [env.render()]
-    res = {"MUJOCO_GL": os.environ.get("MUJOCO_GL"), "shape": list(frames[0].shape),
-           "mean_brightness": float(frames[0].mean())}
+    res = {
+        "MUJOCO_GL": os.environ.get("MUJOCO_GL"),
+        "shape": list(frames[0].shape),
+        "mean_brightness": float(frames[0].mean()),
+    }
     import matplotlib
 
     matplotlib.use("Agg")
@@ -160,10 +191,17 @@ def part_machine(device: str) -> dict:
     import mujoco
     import torch
 
-    info = {"python": platform.python_version(), "torch": torch.__version__, "gymnasium": gymnasium.__version__,
-            "mujoco": mujoco.__version__, "cpu_cores": os.cpu_count(), "cpu": platform.processor() or "?"}
+    info = {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "gymnasium": gymnasium.__version__,
+        "mujoco": mujoco.__version__,
+        "cpu_cores": os.cpu_count(),
+        "cpu": platform.processor() or "?",
+    }
     try:
-        info["cpu"] = next(ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo") if ln.startswith("model name"))
+        cpuinfo = Path("/proc/cpuinfo").read_text().splitlines()
+        info["cpu"] = next(ln.split(":", 1)[1].strip() for ln in cpuinfo if ln.startswith("model name"))
     except (OSError, StopIteration):
         pass
     try:
@@ -174,12 +212,20 @@ def part_machine(device: str) -> dict:
         info["stable_baselines3"] = "not installed"
     if device.startswith("cuda"):
         p = torch.cuda.get_device_properties(0)
-        info.update(gpu=p.name, gpu_memory_gib=round(p.total_memory / 2**30, 1), cuda=torch.version.cuda,
-                    capability=f"{p.major}.{p.minor}")
+        info.update(
+            gpu=p.name,
+            gpu_memory_gib=round(p.total_memory / 2**30, 1),
+            cuda=torch.version.cuda,
+            capability=f"{p.major}.{p.minor}",
+        )
         smi = shutil.which("nvidia-smi")
         if smi:
-            q = subprocess.run([smi, "--query-gpu=driver_version", "--format=csv,noheader"], capture_output=True,
-                               text=True)
+            q = subprocess.run(
+                [smi, "--query-gpu=driver_version", "--format=csv,noheader"],
+                check=False,
+                capture_output=True,
+                text=True,
+            )
             info["driver"] = q.stdout.strip()
     return info
 
@@ -191,8 +237,13 @@ def part_tests(quick: bool, timeout: float, cuda: bool) -> dict:
     r = run_child(cmd, timeout, cwd=ROOT)
     counts = {k: int(n) for n, k in re.findall(r"(\d+) (passed|failed|skipped|errors?|deselected)", r["out"])}
     ok = r["rc"] == 0 and not r["timed_out"]
-    return {"ok": ok, "counts": counts, "seconds": r["seconds"], "timed_out": r["timed_out"],
-            "summary": tail(r["out"], 1) if ok else tail(r["out"], 25)}
+    return {
+        "ok": ok,
+        "counts": counts,
+        "seconds": r["seconds"],
+        "timed_out": r["timed_out"],
+        "summary": tail(r["out"], 1) if ok else tail(r["out"], 25),
+    }
 
 
 def compare_trees(a, b, path=""):
@@ -231,19 +282,55 @@ def part_resume(device: str, work: Path, timeout: float) -> dict:
     import torch
 
     ls, mid, total = 300, 477, 700
-    flags = ["--env-id", "Pendulum-v1", "--device", device, "--learning-starts", str(ls), "--batch-size", "64",
-             "--buffer-size", "400", "--eval-frequency", "0", "--eval-episodes", "1", "--checkpoint-frequency",
-             str(mid), "--log-frequency", "10", "--run-name", "r"]
+    flags = [
+        "--env-id",
+        "Pendulum-v1",
+        "--device",
+        device,
+        "--learning-starts",
+        str(ls),
+        "--batch-size",
+        "64",
+        "--buffer-size",
+        "400",
+        "--eval-frequency",
+        "0",
+        "--eval-episodes",
+        "1",
+        "--checkpoint-frequency",
+        str(mid),
+        "--log-frequency",
+        "10",
+        "--run-name",
+        "r",
+    ]
     env = {"OMP_NUM_THREADS": "1", "CUBLAS_WORKSPACE_CONFIG": ":4096:8"}
 
     def cmd(d: str, steps: int) -> list[str]:
-        return [sys.executable, str(SCRIPT), *flags, "--total-timesteps", str(steps), "--output-dir",
-                str(work / d), "--resume", "auto"]
+        return [
+            sys.executable,
+            str(SCRIPT),
+            *flags,
+            "--total-timesteps",
+            str(steps),
+            "--output-dir",
+            str(work / d),
+            "--resume",
+            "auto",
+        ]
 
     t = time.perf_counter()
-    procs = [subprocess.Popen(cmd(d, n), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                              env={**os.environ, **env}, start_new_session=True)
-             for d, n in (("a", total), ("b", mid), ("c", total))]
+    procs = [
+        subprocess.Popen(
+            cmd(d, n),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            env={**os.environ, **env},
+            start_new_session=True,
+        )
+        for d, n in (("a", total), ("b", mid), ("c", total))
+    ]
     outs = []
     for p in procs:
         try:
@@ -272,17 +359,41 @@ def part_resume(device: str, work: Path, timeout: float) -> dict:
         n1, d1, w1 = compare_trees(ma, m2)
         n2, d2, w2 = compare_trees(sa, s2)
         buf_diff = [k for k in ba if k not in b2 or ba[k].tobytes() != b2[k].tobytes()]
-        res[label] = {"identical": not (d1 or d2 or buf_diff), "tensors_compared": n1 + n2,
-                      "differing": (d1 + d2 + [f"buffer/{k}" for k in buf_diff])[:12], "max_abs_diff": max(w1, w2)}
+        res[label] = {
+            "identical": not (d1 or d2 or buf_diff),
+            "tensors_compared": n1 + n2,
+            "differing": (d1 + d2 + [f"buffer/{k}" for k in buf_diff])[:12],
+            "max_abs_diff": max(w1, w2),
+        }
     res["ok"] = resumed and res["resume"]["identical"]
     return res
 
 
-def speed_cmd(device: str, flags: str, q: dict, threads: int, sb3: bool = False, barrier: str = "",
-              concurrent: int = 1) -> list[str]:
-    cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", "speed", "--device", device, "--flags", flags,
-           "--env-id", "Humanoid-v5", "--learning-starts", str(q["random"]), "--warmup", str(q["warmup"]),
-           "--steps", str(q["steps"]), "--rounds", str(q["rounds"]), "--threads", str(threads)]
+def speed_cmd(
+    device: str, flags: str, q: dict, threads: int, sb3: bool = False, barrier: str = "", concurrent: int = 1
+) -> list[str]:
+    cmd = [
+        sys.executable,
+        str(Path(__file__).resolve()),
+        "--worker",
+        "speed",
+        "--device",
+        device,
+        "--flags",
+        flags,
+        "--env-id",
+        "Humanoid-v5",
+        "--learning-starts",
+        str(q["random"]),
+        "--warmup",
+        str(q["warmup"]),
+        "--steps",
+        str(q["steps"]),
+        "--rounds",
+        str(q["rounds"]),
+        "--threads",
+        str(threads),
+    ]
     if sb3:
         cmd.append("--sb3")
     if barrier:
@@ -293,16 +404,19 @@ def speed_cmd(device: str, flags: str, q: dict, threads: int, sb3: bool = False,
 def part_speed(device: str, q: dict, box, cuda: bool, quick: bool) -> dict:
     res = {}
     for name in FLAG_SETS:
-        timeout_each = box(100 if "compile" in name else 60)
+        sb3 = name in ("eager", "compile+cudagraphs") or (not cuda and name == "eager")
+        timeout_each = box(60 + 60 * sb3 + 40 * ("compile" in name))
         if "cudagraphs" in name and not cuda:
             res[name] = {"ok": False, "skipped": "skipped: no CUDA"}
             continue
         if "compile" in name and quick and not cuda:
             res[name] = {"ok": False, "skipped": "skipped: --quick on the CPU (tests/test_fast_path.py covers it)"}
             continue
-        sb3 = name in ("eager", "compile+cudagraphs") or (not cuda and name == "eager")
-        r = run_child(speed_cmd(device, name, q, threads=4 if cuda else 1, sb3=sb3), timeout_each,
-                      env={"OMP_NUM_THREADS": "4" if cuda else "1"})
+        r = run_child(
+            speed_cmd(device, name, q, threads=4 if cuda else 1, sb3=sb3),
+            timeout_each,
+            env={"OMP_NUM_THREADS": "4" if cuda else "1"},
+        )
         out = result_line(r["out"])
         if out is None:
             why = f"timed out after {timeout_each:.0f} s" if r["timed_out"] else f"exit {r['rc']}"
@@ -319,23 +433,45 @@ def best_flags(speed: dict) -> str:
     return max(ok, key=ok.get) if ok else "eager"
 
 
-def part_throughput(device: str, flags: str, q: dict, levels: list[int], timeout_each: float, work: Path,
-                    cuda: bool, single_sps: float | None) -> dict:
+def part_throughput(
+    device: str,
+    flags: str,
+    q: dict,
+    levels: list[int],
+    timeout_each: float,
+    work: Path,
+    cuda: bool,
+    single_sps: float | None,
+) -> dict:
     cores = os.cpu_count() or 1
     res = {"flags": flags, "levels": {}}
     for n in levels:
         if n == 1 and single_sps:  # the speed part's run with these flags
-            res["levels"][1] = {"runs": 1, "ok": True, "per_run_sps": [single_sps], "total_sps": single_sps,
-                                "errors": [], "seconds": 0.0, "note": "from the speed part"}
+            res["levels"][1] = {
+                "runs": 1,
+                "ok": True,
+                "per_run_sps": [single_sps],
+                "total_sps": single_sps,
+                "errors": [],
+                "seconds": 0.0,
+                "note": "from the speed part",
+            }
             continue
         barrier = work / f"barrier_{n}"
         barrier.mkdir(parents=True, exist_ok=True)
         threads = max(1, cores // n) if cuda else 1
         t = time.perf_counter()
-        procs = [subprocess.Popen(speed_cmd(device, flags, q, threads, barrier=str(barrier), concurrent=n),
-                                  stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
-                                  env={**os.environ, "OMP_NUM_THREADS": str(threads), "PYTHONUNBUFFERED": "1"})
-                 for _ in range(n)]
+        procs = [
+            subprocess.Popen(
+                speed_cmd(device, flags, q, threads, barrier=str(barrier), concurrent=n),
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+                start_new_session=True,
+                env={**os.environ, "OMP_NUM_THREADS": str(threads), "PYTHONUNBUFFERED": "1"},
+            )
+            for _ in range(n)
+        ]
         per_run, errors = [], []
         for p in procs:
             try:
@@ -349,8 +485,14 @@ def part_throughput(device: str, flags: str, q: dict, levels: list[int], timeout
                 errors.append(f"exit {p.returncode}: {tail(out)}")
             else:
                 per_run.append(r["ours_sps"])
-        res["levels"][n] = {"runs": n, "ok": not errors, "per_run_sps": per_run, "total_sps": sum(per_run),
-                            "errors": errors[:2], "seconds": time.perf_counter() - t}
+        res["levels"][n] = {
+            "runs": n,
+            "ok": not errors,
+            "per_run_sps": per_run,
+            "total_sps": sum(per_run),
+            "errors": errors[:2],
+            "seconds": time.perf_counter() - t,
+        }
         if errors:
             break
     done = {n: v["total_sps"] for n, v in res["levels"].items() if v["ok"]}
@@ -364,18 +506,23 @@ def part_throughput(device: str, flags: str, q: dict, levels: list[int], timeout
 
 def part_render(device: str, out: Path, timeout: float, cuda: bool) -> dict:
     gl = "egl" if cuda else "osmesa"
-    r = run_child([sys.executable, str(Path(__file__).resolve()), "--worker", "render", "--out", str(out)], timeout,
-                  env={"MUJOCO_GL": gl, "PYOPENGL_PLATFORM": gl})
+    r = run_child(
+        [sys.executable, str(Path(__file__).resolve()), "--worker", "render", "--out", str(out)],
+        timeout,
+        env={"MUJOCO_GL": gl, "PYOPENGL_PLATFORM": gl},
+    )
     res = result_line(r["out"])
     if res is None:
-        return {"ok": False, "MUJOCO_GL": gl, "error": tail(r["out"], 10), "seconds": r["seconds"]}
+        why = f"timed out after {timeout:.0f} s" if r["timed_out"] else f"exit {r['rc']}"
+        return {"ok": False, "MUJOCO_GL": gl, "error": f"{why}: {tail(r['out'], 10)}", "seconds": r["seconds"]}
     return {"ok": res["mean_brightness"] > 5, **res, "seconds": r["seconds"]}
 
 
 def cpu_curve_at(step: int) -> tuple[int, float] | None:
     path = ROOT / "benchmark" / "results" / "cpu-partial" / "eval_returns.csv"
     try:
-        rows = [r for r in csv.DictReader(open(path)) if r["env"] == "Humanoid-v5" and int(r["step"]) <= step]
+        with open(path) as f:
+            rows = [r for r in csv.DictReader(f) if r["env"] == "Humanoid-v5" and int(r["step"]) <= step]
     except OSError:
         return None
     return (int(rows[-1]["step"]), float(rows[-1]["mean_return"])) if rows else None
@@ -386,16 +533,40 @@ def part_learning(device: str, flags: str, seconds: float, work: Path, q: dict) 
     checkpoints and exits 75); eval returns from its TensorBoard events."""
     cfg = json.loads((ROOT / "benchmark" / "configs.json").read_text())
     settings = {**cfg["common"], **cfg["envs"]["Humanoid-v5"]}
-    settings.update({"checkpoint-frequency": 0, "total-timesteps": q["total"], "eval-episodes": q["eval_episodes"],
-                     "eval-frequency": q["eval_frequency"], "learning-starts": q["learning_starts"],
-                     "buffer-size": q["buffer_size"]})
-    cmd = [sys.executable, str(SCRIPT), "--env-id", "Humanoid-v5", "--device", device, "--run-name", "learn",
-           "--output-dir", str(work), *FLAG_SETS[flags]]
+    settings.update(
+        {
+            "checkpoint-frequency": 0,
+            "total-timesteps": q["total"],
+            "eval-episodes": q["eval_episodes"],
+            "eval-frequency": q["eval_frequency"],
+            "learning-starts": q["learning_starts"],
+            "buffer-size": q["buffer_size"],
+        }
+    )
+    cmd = [
+        sys.executable,
+        str(SCRIPT),
+        "--env-id",
+        "Humanoid-v5",
+        "--device",
+        device,
+        "--run-name",
+        "learn",
+        "--output-dir",
+        str(work),
+        *FLAG_SETS[flags],
+    ]
     for k, v in settings.items():
         cmd += [f"--{k}" if v is not False else f"--no-{k}"] if isinstance(v, bool) else [f"--{k}", str(v)]
     t = time.perf_counter()
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
-                            env={**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "4"})
+    proc = subprocess.Popen(
+        cmd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "4"},
+    )
     try:
         out = proc.communicate(timeout=seconds)[0]
     except subprocess.TimeoutExpired:
@@ -405,8 +576,13 @@ def part_learning(device: str, flags: str, seconds: float, work: Path, q: dict) 
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
             out = proc.communicate()[0]
-    res = {"flags": flags, "settings": " ".join(cmd[2:]), "seconds": time.perf_counter() - t,
-           "exit": proc.returncode, "stopped": proc.returncode == 75}
+    res = {
+        "flags": flags,
+        "settings": " ".join(cmd[2:]),
+        "seconds": time.perf_counter() - t,
+        "exit": proc.returncode,
+        "stopped": proc.returncode == 75,
+    }
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     acc = EventAccumulator(str(work / "learn"), size_guidance={"scalars": 0})
@@ -435,64 +611,112 @@ def fmt(x, nd=1) -> str:
 
 def markdown(rep: dict) -> str:
     m = rep["machine"]
-    lines = [f"# gpu_check: {m.get('gpu', 'no GPU')} ({rep['device']}{', --quick' if rep['quick'] else ''})", "",
-             f"Command: `{rep['command']}`  ", f"Commit: {rep['commit']}; total {rep['seconds']:.0f} s.", "",
-             "## Machine", "", "| | |", "|---|---|"]
+    lines = [
+        f"# gpu_check: {m.get('gpu', 'no GPU')} ({rep['device']}{', --quick' if rep['quick'] else ''})",
+        "",
+        f"Command: `{rep['command']}`  ",
+        f"Commit: {rep['commit']}; total {rep['seconds']:.0f} s.",
+        "",
+        "## Machine",
+        "",
+        "| | |",
+        "|---|---|",
+    ]
     lines += [f"| {k} | {v} |" for k, v in m.items()]
     t = rep.get("tests")
     lines += ["", "## Correctness", ""]
     if t:
-        lines.append(f"- tests/test_fast_path.py: {'PASS' if t['ok'] else 'FAIL'} {t['counts']} in "
-                     f"{t['seconds']:.0f} s{'' if t['ok'] else ': ' + t['summary']}")
+        lines.append(
+            f"- tests/test_fast_path.py: {'PASS' if t['ok'] else 'FAIL'} {t['counts']} in "
+            f"{t['seconds']:.0f} s{'' if t['ok'] else ': ' + t['summary']}"
+        )
     r = rep.get("resume")
     if r:
         if "error" in r:
             lines.append(f"- resume on {rep['device']}: FAIL: {r['error']}")
         else:
-            for label, what in (("resume", "stopped at a checkpoint and resumed vs uninterrupted"),
-                                ("rerun", "the uninterrupted run twice")):
+            for label, what in (
+                ("resume", "stopped at a checkpoint and resumed vs uninterrupted"),
+                ("rerun", "the uninterrupted run twice"),
+            ):
                 d = r[label]
-                lines.append(f"- Pendulum-v1 on {rep['device']}, {what}: "
-                             + ("bit-identical" if d["identical"] else f"DIFFERENT, max |diff| {d['max_abs_diff']:.3g} "
-                                f"in {d['differing']}") + f" ({d['tensors_compared']} tensors and the buffer)")
+                lines.append(
+                    f"- Pendulum-v1 on {rep['device']}, {what}: "
+                    + (
+                        "bit-identical"
+                        if d["identical"]
+                        else f"DIFFERENT, max |diff| {d['max_abs_diff']:.3g} in {d['differing']}"
+                    )
+                    + f" ({d['tensors_compared']} tensors and the buffer)"
+                )
             if not r["resumed"]:
                 lines.append("- FAIL: the second half did not say it resumed")
     s = rep.get("speed")
     if s:
-        lines += ["", "## Speed: Humanoid-v5 steps/s after learning starts", "",
-                  f"{rep['sizes']['random']} random steps, {rep['sizes']['warmup']} warm-up updates (compile and "
-                  f"capture happen there), then {rep['sizes']['rounds']} x {rep['sizes']['steps']} timed steps, one "
-                  "update each, batch 256; SB3 alternates with ours in the same process.", "",
-                  "| flags | steps/s | warm-up s | SB3 steps/s | ratio | GPU memory MiB |", "|---|---|---|---|---|---|"]
+        lines += [
+            "",
+            "## Speed: Humanoid-v5 steps/s after learning starts",
+            "",
+            (
+                f"{rep['sizes']['random']} random steps, {rep['sizes']['warmup']} warm-up updates (compile and "
+                f"capture happen there), then {rep['sizes']['rounds']} x {rep['sizes']['steps']} timed steps, one "
+                "update each, batch 256; SB3 alternates with ours in the same process."
+            ),
+            "",
+            "| flags | steps/s | warm-up s | SB3 steps/s | ratio | GPU memory MiB |",
+            "|---|---|---|---|---|---|",
+        ]
         for name, v in s.items():
             if v.get("ok"):
-                lines.append(f"| {name} | {fmt(v['ours_sps'])} | {fmt(v['warmup_s'])} | {fmt(v.get('sb3_sps', ''))} "
-                             f"| {fmt(v.get('ratio_vs_sb3', ''), 2)} | {fmt(v.get('max_memory_mib', ''), 0)} |")
+                lines.append(
+                    f"| {name} | {fmt(v['ours_sps'])} | {fmt(v['warmup_s'])} "
+                    f"| {fmt(v.get('sb3_sps', v.get('sb3_note') or ''))} "
+                    f"| {fmt(v.get('ratio_vs_sb3', ''), 2)} | {fmt(v.get('max_memory_mib', ''), 0)} |"
+                )
             else:
                 lines.append(f"| {name} | {v.get('skipped') or 'FAIL: ' + v.get('error', '')} | | | | |")
     tp = rep.get("throughput")
     if tp:
-        lines += ["", f"## Throughput: concurrent runs with {tp['flags']}", "", "| runs | total steps/s | per run |",
-                  "|---|---|---|"]
+        lines += [
+            "",
+            f"## Throughput: concurrent runs with {tp['flags']}",
+            "",
+            "| runs | total steps/s | per run |",
+            "|---|---|---|",
+        ]
         for n, v in tp["levels"].items():
             per = ", ".join(fmt(x, 0) for x in v["per_run_sps"])
             lines.append(f"| {n} | {fmt(v['total_sps'])} | {per}{'' if v['ok'] else ' FAIL: ' + str(v['errors'])} |")
         if "recommended_jobs" in tp:
-            lines += ["", f"Recommended `benchmark/run.py --jobs {tp['recommended_jobs']}` on this machine (the fewest "
-                      "runs within 90% of the best total)."]
+            lines += [
+                "",
+                (
+                    f"Recommended `benchmark/run.py --jobs {tp['recommended_jobs']}` on this machine (the fewest "
+                    "runs within 90% of the best total)."
+                ),
+            ]
     rd = rep.get("render")
     if rd:
         lines += ["", "## Rendering", ""]
         if "error" in rd:
             lines.append(f"- MUJOCO_GL={rd['MUJOCO_GL']}: FAIL: {rd['error']}")
         else:
-            lines.append(f"- MUJOCO_GL={rd['MUJOCO_GL']}: frame {rd['shape']}, mean brightness "
-                         f"{rd['mean_brightness']:.1f} ({'non-black' if rd['ok'] else 'BLACK'}); MP4: {rd['mp4']}")
+            lines.append(
+                f"- MUJOCO_GL={rd['MUJOCO_GL']}: frame {rd['shape']}, mean brightness "
+                f"{rd['mean_brightness']:.1f} ({'non-black' if rd['ok'] else 'BLACK'}); MP4: {rd['mp4']}"
+            )
     lr = rep.get("learning")
     if lr:
-        lines += ["", f"## Learning smoke: Humanoid-v5, {lr['flags']}, {lr['seconds']:.0f} s", "",
-                  f"`sac_continuous.py {lr['settings']}`, {'stopped by SIGTERM, ' if lr['stopped'] else ''}exit {lr['exit']}; step "
-                  f"{lr['last_step']:,}, last SPS {fmt(lr['last_sps'], 0)}.", ""]
+        lines += [
+            "",
+            f"## Learning smoke: Humanoid-v5, {lr['flags']}, {lr['seconds']:.0f} s",
+            "",
+            (
+                f"`sac_continuous.py {lr['settings']}`, {'stopped by SIGTERM, ' if lr['stopped'] else ''}"
+                f"exit {lr['exit']}; step {lr['last_step']:,}, last SPS {fmt(lr['last_sps'], 0)}."
+            ),
+            "",
+        ]
         if lr["evals"]:
             lines.append("Eval returns: " + ", ".join(f"{s:,}: {v:.1f}" for s, v in lr["evals"]))
             if lr.get("cpu_curve"):
@@ -521,9 +745,18 @@ def main() -> int:
     p.add_argument("--levels", default="1,2,4,8", help="concurrent runs to measure")
     p.add_argument("--learning-seconds", type=float, default=None, help="learning smoke (default 150; --quick 25)")
     p.add_argument("--worker", choices=("speed", "render"), help=argparse.SUPPRESS)
-    for name, kind, default in (("env-id", str, "Humanoid-v5"), ("flags", str, "eager"), ("learning-starts", int, 1000),
-                                ("warmup", int, 100), ("steps", int, 1000), ("rounds", int, 2), ("threads", int, 1),
-                                ("seed", int, 1), ("barrier", str, ""), ("concurrent", int, 1)):
+    for name, kind, default in (
+        ("env-id", str, "Humanoid-v5"),
+        ("flags", str, "eager"),
+        ("learning-starts", int, 1000),
+        ("warmup", int, 100),
+        ("steps", int, 1000),
+        ("rounds", int, 2),
+        ("threads", int, 1),
+        ("seed", int, 1),
+        ("barrier", str, ""),
+        ("concurrent", int, 1),
+    ):
         p.add_argument(f"--{name}", type=kind, default=default, help=argparse.SUPPRESS)
     p.add_argument("--sb3", action="store_true", help=argparse.SUPPRESS)
     a = p.parse_args()
@@ -549,21 +782,48 @@ def main() -> int:
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir()
     if a.quick:
-        q = {"random": 200, "warmup": 10, "steps": 30, "rounds": 1, "learning_starts": 50, "eval_frequency": 60, "total": 120,
-             "eval_episodes": 1, "buffer_size": 5000}
+        q = {
+            "random": 200,
+            "warmup": 10,
+            "steps": 30,
+            "rounds": 1,
+            "learning_starts": 50,
+            "eval_frequency": 60,
+            "total": 120,
+            "eval_episodes": 1,
+            "buffer_size": 5000,
+        }
         levels = [1, 2]
     else:
-        q = {"random": 1000, "warmup": 100, "steps": 1000, "rounds": 2, "learning_starts": 25000, "total": 1000000,
-             "eval_frequency": 10000, "eval_episodes": 5, "buffer_size": 1000000}
+        q = {
+            "random": 1000,
+            "warmup": 100,
+            "steps": 1000,
+            "rounds": 2,
+            "learning_starts": 25000,
+            "total": 1000000,
+            "eval_frequency": 10000,
+            "eval_episodes": 5,
+            "buffer_size": 1000000,
+        }
         levels = [int(x) for x in a.levels.split(",")]
-    commit = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
-    rep = {"command": " ".join(["python", "benchmark/perf/gpu_check.py", *sys.argv[1:]]), "device": a.device,
-           "quick": a.quick, "commit": commit.stdout.strip() or "?", "sizes": q,
-           "machine": part_machine(a.device)}
+    commit = subprocess.run(
+        ["git", "-C", str(ROOT), "describe", "--always", "--dirty"], check=False, capture_output=True, text=True
+    )
+    rep = {
+        "command": " ".join(["python", "benchmark/perf/gpu_check.py", *sys.argv[1:]]),
+        "device": a.device,
+        "quick": a.quick,
+        "commit": commit.stdout.strip() or "?",
+        "sizes": q,
+        "machine": part_machine(a.device),
+    }
     budget = a.budget
     if a.learning_seconds is None:
         a.learning_seconds = 90 if a.quick else 150  # --quick: a short run that ends by itself
-    left = lambda: budget - (time.perf_counter() - t0)  # noqa: E731
+
+    def left() -> float:
+        return budget - (time.perf_counter() - t0)
 
     def box(share: float, floor: float = 20) -> float:
         return max(floor, min(share, left() - 5))
@@ -576,10 +836,12 @@ def main() -> int:
 
     # phase 1, nothing timed: the learning smoke beside the correctness checks and the frame
     learn_flags = "cudagraphs" if cuda else "eager"
-    jobs = {"tests": (part_tests, a.quick, box(150 if cuda else 120), cuda),
-            "resume": (part_resume, a.device, work / "resume", box(100)),
-            "render": (part_render, a.device, a.out, box(40), cuda),
-            "learning": (part_learning, a.device, learn_flags, a.learning_seconds, work / "learn", q)}
+    jobs = {
+        "tests": (part_tests, a.quick, box(150 if cuda else 120), cuda),
+        "resume": (part_resume, a.device, work / "resume", box(100)),
+        "render": (part_render, a.device, a.out, box(120), cuda),
+        "learning": (part_learning, a.device, learn_flags, a.learning_seconds, work / "learn", q),
+    }
     with ThreadPoolExecutor(len(jobs)) as pool:
         futures = {k: pool.submit(guarded, *job) for k, job in jobs.items() if k in parts}
         for k, f in futures.items():
@@ -589,20 +851,32 @@ def main() -> int:
     if "speed" in parts:
         rep["speed"] = guarded(part_speed, a.device, q, box, cuda, a.quick)
         for k, v in rep["speed"].items():
-            print(f"speed {k}: " + (f"{v['ours_sps']:.1f} steps/s, warm-up {v['warmup_s']:.1f} s" if v.get("ok")
-                                    else v.get("skipped") or v.get("error", "")[:300]), flush=True)
+            print(
+                f"speed {k}: "
+                + (
+                    f"{v['ours_sps']:.1f} steps/s, warm-up {v['warmup_s']:.1f} s"
+                    if v.get("ok")
+                    else v.get("skipped") or v.get("error", "")[:300]
+                ),
+                flush=True,
+            )
     if "throughput" in parts:
         best = best_flags(rep.get("speed", {}))
         single = rep.get("speed", {}).get(best, {})
-        rep["throughput"] = guarded(part_throughput, a.device, best, q, levels, box(70 if cuda else 60), work, cuda,
-                                    single.get("ours_sps"))
+        rep["throughput"] = guarded(
+            part_throughput, a.device, best, q, levels, box(70 if cuda else 60), work, cuda, single.get("ours_sps")
+        )
         print(f"throughput: {json.dumps(rep['throughput'])[:400]}", flush=True)
     rep["seconds"] = time.perf_counter() - t0
-    rep["verdict"] = {k: bool(rep[k].get("ok")) if k != "speed" else any(v.get("ok") for v in rep[k].values())
-                      for k in PARTS if k in rep}
+    rep["verdict"] = {
+        k: bool(rep[k].get("ok")) if k != "speed" else any(v.get("ok") for v in rep[k].values())
+        for k in PARTS
+        if k in rep
+    }
     if "speed" in rep:
-        rep["verdict"]["speed: every flag set that ran"] = all(v.get("ok") or "skipped" in v
-                                                                for v in rep["speed"].values())
+        rep["verdict"]["speed: every flag set that ran"] = all(
+            v.get("ok") or "skipped" in v for v in rep["speed"].values()
+        )
     (a.out / "gpu_check.json").write_text(json.dumps(rep, indent=1, default=str))
     md = markdown(rep)
     (a.out / "gpu_check.md").write_text(md)
