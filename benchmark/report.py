@@ -458,6 +458,17 @@ def machine_section(state: dict) -> list[str]:
     return out
 
 
+def shown_path(path: Path) -> str:
+    """The runs directory as the report names it: as given when relative, relative to the current directory
+    when under it, else its name alone; never the absolute path of the machine the report was made on."""
+    if not path.is_absolute():
+        return str(path)
+    try:
+        return str(path.relative_to(Path.cwd()))
+    except ValueError:
+        return path.name
+
+
 def write_report(runs_dir: Path, out_dir: Path | None = None, references_path: Path = DEFAULT_REFERENCES) -> dict:
     """Writes eval_returns.csv, one PNG per environment and report.md; returns their paths."""
     import matplotlib
@@ -476,7 +487,7 @@ def write_report(runs_dir: Path, out_dir: Path | None = None, references_path: P
     write_csv(runs, paths["csv"])
     state = runner_state(runs_dir)
     lines = ["# SAC benchmark report", "",
-             f"Runs: `{runs_dir}`; written {_dt.datetime.now().astimezone().isoformat(timespec='seconds')} "
+             f"Runs: `{shown_path(runs_dir)}`; written {_dt.datetime.now().astimezone().isoformat(timespec='seconds')} "
              f"by benchmark/report.py. Eval curves per seed: `{paths['csv'].name}`.", ""]
     planned = state.get("runs", {})
     missing = sorted(set(planned) - {r.name for r in runs})

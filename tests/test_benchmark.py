@@ -157,6 +157,15 @@ def test_report_csv_has_one_row_per_seed_and_evaluation(tiny, written_report):
                 assert math.isfinite(float(r["std_return"]))
 
 
+def test_report_names_the_runs_directory_relative_not_absolute(tiny, written_report):
+    paths, _ = written_report
+    text = paths["markdown"].read_text()
+    assert str(tiny["out"]) not in text  # the machine's absolute path would leak into a committed report
+    assert f"Runs: `{tiny['out'].name}`;" in text  # outside the current directory: its name alone
+    assert report.shown_path(Path("runs/benchmark")) == "runs/benchmark"
+    assert report.shown_path(Path.cwd() / "runs" / "benchmark") == str(Path("runs/benchmark"))
+
+
 def test_report_png_is_a_readable_image(written_report):
     import matplotlib.image as mpimg
 
