@@ -152,7 +152,7 @@ def save_model(path, env_id, obs_dim, act_dim):
     agent = sac.SAC(
         obs_dim, -np.ones(act_dim, np.float32), np.ones(act_dim, np.float32), sac.Args(), torch.device("cpu")
     )
-    torch.save(sac.model_payload(agent, env_id, obs_dim, 0), path)
+    sac.save_model(agent, env_id, 0, path)
     return path
 
 
