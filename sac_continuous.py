@@ -932,27 +932,40 @@ class StopRequest:
 
 
 class Progress:
-    """A rich progress bar on a terminal (steps, SPS, last return, ETA); nothing otherwise."""
+    """On a terminal, a progress bar: the phase, steps, SPS and last return, and an ETA from the training
+    rate (the random-action phase runs many times faster, so it gives none). Nothing otherwise."""
 
-    def __init__(self, total: int, start: int):
-        self.bar = None
+    def __init__(self, total: int, start: int, learning_starts: int):
+        self.total, self.learning_starts, self.bar = total, learning_starts, None
+        self.rate_step, self.rate_time, self.last_draw = start, time.time(), 0.0
         if sys.stderr.isatty():
-            from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeRemainingColumn
+            from rich.progress import BarColumn, MofNCompleteColumn, TextColumn
             from rich.progress import Progress as RichProgress
 
-            fields = TextColumn("{task.fields[sps]} SPS  return {task.fields[ret]}")
-            self.bar = RichProgress(TextColumn("SAC"), BarColumn(), MofNCompleteColumn(), fields, TimeRemainingColumn())
-            self.task = self.bar.add_task("train", total=total, completed=start, sps="-", ret="-")
+            fields = TextColumn("{task.fields[sps]} SPS  return {task.fields[ret]}  ETA {task.fields[eta]}")
+            self.bar = RichProgress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), fields)
+            self.task = self.bar.add_task(self.phase(start), total=total, completed=start, sps="-", ret="-", eta="-")
             self.bar.start()
-        self.start, self.t0, self.last_draw = start, time.time(), 0.0
+
+    def phase(self, step: int) -> str:
+        if step < self.learning_starts:
+            return f"SAC: random actions until {self.learning_starts:,}"
+        return "SAC: training"
 
     def update(self, step: int, last_return: float) -> None:
         now = time.time()
+        if self.rate_step < self.learning_starts <= step:  # training begins: measure its rate from here
+            self.rate_step, self.rate_time = step, now
         if self.bar is None or now - self.last_draw < 0.25:
             return
         self.last_draw = now
-        sps = (step - self.start) / max(now - self.t0, 1e-9)
-        self.bar.update(self.task, completed=step, sps=f"{sps:.0f}", ret=f"{last_return:.1f}")
+        sps = (step - self.rate_step) / max(now - self.rate_time, 1e-9)
+        eta = "-"
+        if step >= self.learning_starts and sps > 0:
+            left = int((self.total - step) / sps)
+            eta = f"{left // 3600}:{left // 60 % 60:02d}:{left % 60:02d}"
+        fields = dict(sps=f"{sps:.0f}", ret=f"{last_return:.1f}", eta=eta)
+        self.bar.update(self.task, completed=step, description=self.phase(step), **fields)
 
     def note(self, text: str) -> None:
         if self.bar is not None:
@@ -1080,7 +1093,7 @@ def train(args: Args) -> int:
 
     # The loop
     stop = StopRequest()
-    progress = Progress(args.total_timesteps, global_step)
+    progress = Progress(args.total_timesteps, global_step, args.learning_starts)
     start_step, start_time = global_step, time.time()
     try:
         while global_step < args.total_timesteps:

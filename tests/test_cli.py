@@ -226,3 +226,25 @@ def test_triton_is_imported_before_mujoco_under_osmesa(tmp_path, mujoco_gl):
         assert json.loads(probe.read_text()) == {"mujoco_loaded": False}
     else:  # EGL has no such clash: no reason to import triton
         assert not probe.exists()
+
+
+def test_progress_labels_the_random_phase_and_takes_the_eta_from_the_training_rate(monkeypatch):
+    """1,000 random steps per second, then 10 training steps per second: no ETA until training is measured,
+    then the one the training rate gives (the random phase's rate would promise a 100 times shorter run)."""
+    clock = [0.0]
+    monkeypatch.setattr(sac.time, "time", lambda: clock[0])
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True)
+    progress = sac.Progress(total=30_000, start=0, learning_starts=25_000)
+    try:
+        task = progress.bar.tasks[0]
+        clock[0] = 10.0
+        progress.update(10_000, -5.0)
+        assert task.description == "SAC: random actions until 25,000" and task.fields["eta"] == "-"
+        clock[0] = 25.0
+        progress.update(25_000, -5.0)  # training starts: its rate is measured from here
+        clock[0] = 125.0
+        progress.update(26_000, -4.0)
+        assert task.description == "SAC: training" and task.fields["sps"] == "10"
+        assert task.fields["eta"] == "0:06:40"  # 4,000 steps left at 10 per second
+    finally:
+        progress.close()
