@@ -7,9 +7,9 @@ Builds a full sac_continuous.ReplayBuffer shaped like Humanoid-v5's (the sizes c
 gym.make(--env-id)), fills it directly with random float32 data (no env steps) and marks every
 slot valid, as a ring that has wrapped around. Then it times:
 
-- ReplayBuffer.save: the five .npy files of a checkpoint's buffer/, each written and fsynced
-  (write_npy). The directory is a temporary one inside --dir (default: runs/, where training writes
-  its checkpoints), so the numbers are for that disk. It is removed at the end.
+- ReplayBuffer.save: the five .npy files of a checkpoint's buffer/, each written and fsynced. The
+  directory is a temporary one inside --dir (default: runs/, where training writes its checkpoints), so
+  the numbers are for that disk. It is removed at the end.
 - ReplayBuffer.load into a fresh buffer, twice: first with the saved files dropped from the page
   cache (posix_fadvise DONTNEED on those files only), so they are read from the disk; then again with
   them cached. The loaded buffer is checked against the original.
