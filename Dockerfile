@@ -1,7 +1,7 @@
 # sac_continuous.py in a container: CUDA if run with --gpus all, CPU otherwise.
 #   docker build -t sac .
 #   docker run --gpus all -v "$PWD/runs:/app/runs" sac --env-id Humanoid-v5
-# README.md (Docker) covers GPU and CPU use, a host-mounted runs/ folder, and how CI builds it.
+# README.md (Docker) covers GPU and CPU use; docs/docker.md how the image is built and how CI checks it.
 
 ARG BASE_IMAGE=debian:bookworm-slim
 

@@ -4,9 +4,9 @@
 
 SAC with a tanh-squashed Gaussian actor, twin Q critics with Polyak-averaged targets and automatic
 entropy tuning (Haarnoja et al. 2018, arXiv:1801.01290 and arXiv:1812.05905). Read top to bottom:
-Args, environments, networks, replay buffer, losses and update, evaluation, checkpoints, main loop.
-Defaults reproduce the design notebook's Humanoid-v5 run (lr 3e-4, batch 256, 25k random steps,
-tau 0.005, gamma 0.99, alpha 0.1 autotuned).
+Args, environments, networks, replay buffer, losses and the update, evaluation and model files,
+checkpoints, the training loop, main. Defaults: lr 3e-4, batch 256, 25k random steps, tau 0.005,
+gamma 0.99, alpha 0.1 autotuned.
 """
 
 from __future__ import annotations
@@ -34,11 +34,13 @@ import torch.nn as nn
 import torch.nn.functional as F
 import tyro
 
-# Exit codes (README documents them).
 EXIT_BAD_INPUT = 2  # a flag, file or environment that cannot be used; nothing was trained
 EXIT_DIVERGED = 3  # a loss became NaN/Inf; the last checkpoint is left as it was
 EXIT_INTERRUPTED = 75  # SIGINT/SIGTERM: a checkpoint was written; rerun with --resume to continue
 EXIT_ABORTED = 130  # a second Ctrl-C: stopped at once
+
+
+# --- Args and input checks ------------------------------------------------------------------------
 
 
 @dataclass
@@ -86,7 +88,7 @@ class Args:
     checkpoint_frequency: int = 50_000
     """write a resumable checkpoint every N steps (0: off, except at exit)"""
     resume: str = ""
-    """continue from a checkpoint: a run directory, a checkpoint directory, or 'auto' (this --run-name's latest, if any)"""
+    """continue from a checkpoint: a run directory, a checkpoint directory, or 'auto' (this --run-name's latest)"""
     eval_checkpoint: str = ""
     """evaluate this model.pt (or best_model.pt) and exit, without training"""
     run_name: str = ""
@@ -96,9 +98,9 @@ class Args:
     log_frequency: int = 100
     """write loss scalars to TensorBoard every N gradient updates"""
     compile: bool = False
-    """torch.compile the critic and actor losses (forward and backward): a speed option for GPUs, the same algorithm (on the 2-core CPU in README's Speed section it was slower than without)"""
+    """torch.compile the critic and actor losses: a speed option for GPUs, the same algorithm"""
     cudagraphs: bool = False
-    """CUDA only: record each update step (and the action sampling) as a CUDA graph once and replay it, so the host launches one graph instead of hundreds of kernels. The same algorithm; exact resume is not guaranteed with it"""
+    """CUDA only: replay each update step as one recorded CUDA graph; the same algorithm, exact resume not guaranteed"""
 
 
 class UserError(Exception):
@@ -109,26 +111,31 @@ class Diverged(Exception):
     """A loss or a weight became NaN/Inf."""
 
 
+def flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
 def validate_args(args: Args) -> None:
-    positive = ["total_timesteps", "num_envs", "buffer_size", "batch_size", "eval_episodes",
-                "policy_frequency", "target_network_frequency", "log_frequency"]
+    positive = ["total_timesteps", "num_envs", "buffer_size", "batch_size", "eval_episodes", "log_frequency"]
+    positive += ["policy_frequency", "target_network_frequency", "policy_lr", "q_lr", "alpha"]
     for name in positive:
-        if getattr(args, name) <= 0:
-            raise UserError(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
+        if not getattr(args, name) > 0:  # `not >` also refuses NaN
+            raise UserError(f"{flag(name)} must be positive, got {getattr(args, name)}")
     for name in ["learning_starts", "eval_frequency", "checkpoint_frequency"]:
         if getattr(args, name) < 0:
-            raise UserError(f"--{name.replace('_', '-')} must be 0 or more, got {getattr(args, name)}")
-    for name in ["policy_lr", "q_lr", "alpha"]:
-        if not getattr(args, name) > 0:
-            raise UserError(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
-    if not 0 < args.gamma <= 1:
-        raise UserError(f"--gamma must be in (0, 1], got {args.gamma}")
-    if not 0 < args.tau <= 1:
-        raise UserError(f"--tau must be in (0, 1], got {args.tau}")
+            raise UserError(f"{flag(name)} must be 0 or more, got {getattr(args, name)}")
+    for name in ["gamma", "tau"]:
+        if not 0 < getattr(args, name) <= 1:
+            raise UserError(f"{flag(name)} must be in (0, 1], got {getattr(args, name)}")
     if args.buffer_size < 3 * args.num_envs:
-        raise UserError(f"--buffer-size {args.buffer_size} is too small for {args.num_envs} envs; use at least {3 * args.num_envs}")
+        raise UserError(
+            f"--buffer-size {args.buffer_size} is too small for {args.num_envs} envs; use at least {3 * args.num_envs}"
+        )
     if args.batch_size > args.buffer_size:
-        raise UserError(f"--batch-size {args.batch_size} is larger than --buffer-size {args.buffer_size}; lower the batch or raise the buffer")
+        raise UserError(
+            f"--batch-size {args.batch_size} is larger than --buffer-size {args.buffer_size}; "
+            "lower the batch or raise the buffer"
+        )
     if args.resume == "auto" and not args.run_name:
         raise UserError("--resume auto needs a fixed --run-name to find the run again; add --run-name NAME")
     if args.resume and args.eval_checkpoint:
@@ -153,9 +160,7 @@ def pick_device(name: str) -> torch.device:
     return device
 
 
-# ----------------------------------------------------------------------------------------------
-# Environments
-# ----------------------------------------------------------------------------------------------
+# --- Environments ---------------------------------------------------------------------------------
 
 
 def make_env(env_id: str, render_mode: str | None = None) -> gym.Env:
@@ -166,15 +171,17 @@ def make_env(env_id: str, render_mode: str | None = None) -> gym.Env:
         raise UserError(f"cannot make environment '{env_id}': {e}. Check --env-id") from None
     except ImportError as e:
         raise UserError(f"environment '{env_id}' needs a missing package ({e}); install it") from None
-    if not isinstance(env.action_space, gym.spaces.Box):
+    space, obs_space = env.action_space, env.observation_space
+    problem = None
+    if not isinstance(space, gym.spaces.Box):
+        problem = f"has a {type(space).__name__} action space; SAC here needs a continuous (Box) one"
+    elif not isinstance(obs_space, gym.spaces.Box) or len(obs_space.shape) != 1:
+        problem = f"has observation space {obs_space}; this script needs a flat Box"
+    elif not (np.all(np.isfinite(space.low)) and np.all(np.isfinite(space.high))):
+        problem = "has an unbounded action space; SAC squashes actions into finite bounds"
+    if problem:
         env.close()
-        raise UserError(f"'{env_id}' has a {type(env.action_space).__name__} action space; SAC here needs a continuous (Box) one")
-    if not isinstance(env.observation_space, gym.spaces.Box) or len(env.observation_space.shape) != 1:
-        env.close()
-        raise UserError(f"'{env_id}' has observation space {env.observation_space}; this script needs a flat Box")
-    if not (np.all(np.isfinite(env.action_space.low)) and np.all(np.isfinite(env.action_space.high))):
-        env.close()
-        raise UserError(f"'{env_id}' has an unbounded action space; SAC squashes actions into finite bounds")
+        raise UserError(f"'{env_id}' {problem}")
     return env
 
 
@@ -182,11 +189,10 @@ def make_vector_env(env_id: str, num_envs: int) -> gym.vector.SyncVectorEnv:
     """Training envs. SAME_STEP autoreset: when an episode ends, step() returns the reset observation
     and puts the real last observation in infos["final_obs"], which is what the buffer must store."""
     make_env(env_id).close()  # fail early, with a clear message, on a bad id or space
-    envs = gym.vector.SyncVectorEnv(
+    return gym.vector.SyncVectorEnv(
         [lambda: gym.wrappers.RecordEpisodeStatistics(make_env(env_id)) for _ in range(num_envs)],
         autoreset_mode=gym.vector.AutoresetMode.SAME_STEP,
     )
-    return envs
 
 
 def real_next_observations(next_obs: np.ndarray, dones: np.ndarray, infos: dict) -> np.ndarray:
@@ -200,9 +206,7 @@ def real_next_observations(next_obs: np.ndarray, dones: np.ndarray, infos: dict)
     return real
 
 
-# ----------------------------------------------------------------------------------------------
-# Networks
-# ----------------------------------------------------------------------------------------------
+# --- Networks -------------------------------------------------------------------------------------
 
 LOG_STD_MIN, LOG_STD_MAX = -5.0, 2.0
 HIDDEN = 256
@@ -224,11 +228,9 @@ class SoftQNetwork(nn.Module):
         return self.net(torch.cat([obs, action], dim=-1))
 
     def value_for_actor(self, obs: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
-        """The same Q(s, a), for the actor's loss, which needs dQ/da and nothing else. The weights are
-        detached (constants: backward computes no weight gradients), and the first layer W [s; a] + b
-        is split into W_s s + (W_a a + b), so backward multiplies by W_a (act_dim columns) instead of
-        by all of W to then keep act_dim of obs_dim + act_dim columns: on Humanoid that skips 2 x 46
-        MFLOP per update. Equal to forward up to the rounding order of the first layer's sums."""
+        """The same Q(s, a) for the actor's loss, which needs dQ/da only: the weights are detached (no weight
+        gradients) and the first layer W [s; a] + b is split into W_s s + (W_a a + b), so that backward
+        multiplies by W_a alone. Equal to forward up to the rounding order of the first layer's sums."""
         first, _, hidden, _, out = self.net
         w_obs, w_act = first.weight.detach().split([obs.shape[-1], action.shape[-1]], dim=1)
         h = F.relu(F.linear(obs, w_obs) + F.linear(action, w_act, first.bias.detach()))
@@ -250,7 +252,7 @@ class Actor(nn.Module):
         self.register_buffer("action_bias", torch.as_tensor((high + low) / 2.0, dtype=torch.float32))
         # sum_i log(scale_i): the Jacobian of the affine rescaling, the same for every action
         self.register_buffer("log_scale_sum", torch.log(scale).sum())
-        for m in self.modules():  # the design notebook's init: Xavier-uniform weights, zero biases
+        for m in self.modules():  # Xavier-uniform weights, zero biases
             if isinstance(m, nn.Linear):
                 nn.init.xavier_uniform_(m.weight)
                 nn.init.zeros_(m.bias)
@@ -280,9 +282,7 @@ class Actor(nn.Module):
         return torch.tanh(self(obs)[0]) * self.action_scale + self.action_bias
 
 
-# ----------------------------------------------------------------------------------------------
-# Replay buffer
-# ----------------------------------------------------------------------------------------------
+# --- Replay buffer --------------------------------------------------------------------------------
 
 
 class ReplayBuffer:
@@ -347,43 +347,47 @@ class ReplayBuffer:
         while bad.size:  # redraw final-observation and not-yet-complete slots (a few percent at most)
             slot[bad] = self.rng.integers(0, filled[env[bad]])
             bad = bad[~self.valid[env[bad], slot[bad]]]
-        # rows of the (envs * slots) flattened arrays; s and s' come from one gather (np.take on
-        # 1-D indices: 250 -> 170 us per Humanoid batch against two 2-D fancy indexes)
+        # rows of the flattened (envs * slots) arrays; s and s' in one gather
         row = env * self.capacity + slot
         next_row = env * self.capacity + (slot + 1) % self.capacity
         obs = self.obs.reshape(-1, self.obs.shape[-1]).take(np.concatenate([row, next_row]), axis=0)
-        return (obs[:batch_size], self.actions.reshape(-1, self.actions.shape[-1]).take(row, axis=0),
-                self.rewards.reshape(-1).take(row), self.terminations.reshape(-1).take(row), obs[batch_size:])
-
-    # --- persistence: plain .npy files, readable with numpy alone (layout in README) ---
+        actions = self.actions.reshape(-1, self.actions.shape[-1]).take(row, axis=0)
+        rewards, terminations = self.rewards.reshape(-1).take(row), self.terminations.reshape(-1).take(row)
+        return obs[:batch_size], actions, rewards, terminations, obs[batch_size:]
 
     def save(self, directory: Path) -> dict:
+        """One plain .npy file per array (readable with numpy alone), fsynced; returns the rest of the state."""
         n = int(np.minimum(self.written, self.capacity).max())  # slots beyond n were never written
         for name in self.ARRAYS:
-            write_npy(directory / f"{name}.npy", getattr(self, name)[:, :n])
-        return {"pos": self.pos.tolist(), "written": self.written.tolist(), "slots": n,
-                "rng": self.rng.bit_generator.state}
+            with open(directory / f"{name}.npy", "wb") as f:
+                np.lib.format.write_array(f, getattr(self, name)[:, :n], allow_pickle=False)
+                f.flush()
+                os.fsync(f.fileno())
+        state = {"pos": self.pos.tolist(), "written": self.written.tolist(), "slots": n}
+        return {**state, "rng": self.rng.bit_generator.state}
 
     def load(self, directory: Path, meta: dict) -> None:
         n = meta["slots"]
         for name in self.ARRAYS:
-            target = getattr(self, name)
+            target, path = getattr(self, name)[:, :n], directory / f"{name}.npy"
             try:
-                data = np.load(directory / f"{name}.npy", mmap_mode="r", allow_pickle=False)
+                data = np.load(path, mmap_mode="r", allow_pickle=False)
             except (OSError, ValueError) as e:
-                raise UserError(f"checkpoint buffer file {directory / name}.npy is unreadable ({e}); it is truncated or corrupt") from None
-            if data.shape != target[:, :n].shape or data.dtype != target.dtype:
-                raise UserError(f"checkpoint buffer file {directory / name}.npy has shape {data.shape} {data.dtype}, "
-                                f"expected {target[:, :n].shape} {target.dtype}")
-            target[:, :n] = data
+                raise UserError(
+                    f"checkpoint buffer file {path} is unreadable ({e}); it is truncated or corrupt"
+                ) from None
+            if data.shape != target.shape or data.dtype != target.dtype:
+                raise UserError(
+                    f"checkpoint buffer file {path} has shape {data.shape} {data.dtype}, "
+                    f"expected {target.shape} {target.dtype}"
+                )
+            target[...] = data
         self.pos = np.asarray(meta["pos"], dtype=np.int64)
         self.written = np.asarray(meta["written"], dtype=np.int64)
         self.rng.bit_generator.state = meta["rng"]
 
 
-# ----------------------------------------------------------------------------------------------
-# Losses and the update step
-# ----------------------------------------------------------------------------------------------
+# --- Losses ---------------------------------------------------------------------------------------
 
 
 def critic_target(reward, termination, next_q1, next_q2, next_log_prob, alpha, gamma: float):
@@ -403,22 +407,43 @@ def alpha_loss_fn(log_alpha: torch.Tensor, log_prob: torch.Tensor, target_entrop
 
 @torch.no_grad()
 def polyak_update(online: list[torch.Tensor], target: list[torch.Tensor], tau: float) -> None:
-    """target <- target + tau * (online - target), for every pair of tensors in one foreach call
-    instead of a Python loop over the parameters (the same lerp per tensor)."""
+    """target <- target + tau * (online - target), for every pair of tensors in one call."""
     torch._foreach_lerp_(target, online, tau)
 
 
-def cuda_graphed(step, warmup_calls: int = 3):
-    """step(*tensors) -> outputs, recorded as a CUDA graph and replayed: one launch per call instead of
-    one per kernel, which is most of an update's time on a GPU for networks this small.
+# === Speed path (--compile, --cudagraphs): optional, a plain run never enters it ==================
 
-    Every call is a real step. The first warmup_calls run as usual, on a side stream (they create the
-    gradients and optimizer state, and compile under --compile). The next one records step on copies
-    of its inputs, which become the graph's fixed inputs, and replays the graph once. From then on a
-    call copies its inputs into those tensors and replays. Outputs are the graph's own tensors,
-    overwritten by the next replay: read them before calling again. Requirements met by SAC below:
-    step's tensors (parameters, optimizer state, alpha) are updated in place and never reallocated,
-    Adam is capturable, no host sync inside, the same shapes every call.
+
+def check_fast_path(args: Args, device: torch.device) -> None:
+    """--compile and --cudagraphs need things that a plain run does not: refuse early, in one line."""
+    if args.cudagraphs and device.type != "cuda":
+        raise UserError(
+            f"--cudagraphs needs a CUDA device (CUDA graphs exist only there), but the device is {device}; "
+            "drop --cudagraphs or use --device cuda"
+        )
+    if args.compile and device.type == "cpu":
+        compiler = os.environ.get("CXX", "g++")
+        if shutil.which(compiler) is None:
+            raise UserError(
+                f"--compile on the CPU needs a C++ compiler ({compiler}, or set CXX); install one or drop --compile"
+            )
+    if args.compile and device.type == "cuda":
+        if importlib.util.find_spec("triton") is None:
+            raise UserError("--compile on CUDA needs the triton package; install it or drop --compile")
+        if not (os.environ.get("CC") or shutil.which("gcc") or shutil.which("clang")):  # triton's launcher
+            raise UserError(
+                "--compile on CUDA needs a C compiler for triton (gcc or clang, or set CC); "
+                "install one or drop --compile"
+            )
+
+
+def cuda_graphed(step, warmup_calls: int = 3):
+    """step(*tensors) -> outputs, recorded once as a CUDA graph and replayed: one launch per call.
+
+    Every call is a real step. The first warmup_calls run eagerly on a side stream (creating gradients and
+    optimizer state); the next records step on copies of its inputs, which become the graph's fixed inputs;
+    later calls copy their inputs into those and replay. Outputs are the graph's own tensors, overwritten by
+    the next replay. This needs what SAC provides: state updated in place, capturable Adam, no host sync.
     """
     calls, graph, static_inputs, static_outputs = 0, None, None, None
 
@@ -446,46 +471,54 @@ def cuda_graphed(step, warmup_calls: int = 3):
     return run
 
 
+def use_fast_path(agent: SAC) -> None:
+    """Wrap the agent's methods; what they compute does not change."""
+    if agent.args.compile:  # Inductor kernels for the losses' forward and backward
+        agent.critic_loss = torch.compile(agent.critic_loss)
+        agent.actor_loss = torch.compile(agent.actor_loss)
+    if agent.args.cudagraphs:
+        for name in ("update_critics", "update_policy", "update_targets", "sample_action"):
+            setattr(agent, name, cuda_graphed(getattr(agent, name)))
+
+
+# === End of the speed path ========================================================================
+
+
+# --- The update: the agent's networks, optimizers and steps ---------------------------------------
+
+
 class SAC:
     """Networks, optimizers and the entropy temperature: the state a checkpoint must carry."""
 
     def __init__(self, obs_dim: int, low: np.ndarray, high: np.ndarray, args: Args, device: torch.device):
-        act_dim = low.shape[0]
+        self.obs_dim, self.act_dim = obs_dim, low.shape[0]
         self.args, self.device = args, device
         self.actor = Actor(obs_dim, low, high).to(device)
-        self.qf1, self.qf2 = SoftQNetwork(obs_dim, act_dim).to(device), SoftQNetwork(obs_dim, act_dim).to(device)
-        self.qf1_target, self.qf2_target = SoftQNetwork(obs_dim, act_dim).to(device), SoftQNetwork(obs_dim, act_dim).to(device)
+        self.qf1 = SoftQNetwork(obs_dim, self.act_dim).to(device)
+        self.qf2 = SoftQNetwork(obs_dim, self.act_dim).to(device)
+        self.qf1_target = SoftQNetwork(obs_dim, self.act_dim).to(device)
+        self.qf2_target = SoftQNetwork(obs_dim, self.act_dim).to(device)
         self.qf1_target.load_state_dict(self.qf1.state_dict())
         self.qf2_target.load_state_dict(self.qf2.state_dict())
         self.q_params = [*self.qf1.parameters(), *self.qf2.parameters()]
         self.q_target_params = [*self.qf1_target.parameters(), *self.qf2_target.parameters()]
-        # fused Adam: one kernel for all parameters instead of a Python loop over them (CPU and CUDA);
-        # capturable: its step count lives on the device, so a CUDA graph can replay the step
+        # fused: one kernel for all parameters; capturable: the step count stays on the device (CUDA graphs)
         adam = dict(fused=device.type in ("cpu", "cuda"), capturable=args.cudagraphs)
         self.q_optimizer = torch.optim.Adam(self.q_params, lr=args.q_lr, **adam)
         self.actor_optimizer = torch.optim.Adam(self.actor.parameters(), lr=args.policy_lr, **adam)
-        self.target_entropy = -float(act_dim)
-        # log_alpha is created once and only ever updated in place: the optimizer holds this tensor
+        self.target_entropy = -float(self.act_dim)
+        # log_alpha and alpha = exp(log_alpha) are only ever updated in place: the optimizer holds log_alpha,
+        # and alpha stays on the device (reading it as a float each update would wait for the GPU)
         self.log_alpha = torch.tensor([math.log(args.alpha)], device=device, requires_grad=args.autotune)
         self.a_optimizer = torch.optim.Adam([self.log_alpha], lr=args.q_lr, **adam) if args.autotune else None
-        # alpha = exp(log_alpha), the value the losses use: a tensor on the device, updated in place.
-        # Reading it back as a Python float after every alpha step (.item()) would make the host wait
-        # for the device, a GPU sync per update; a float is made only when alpha is logged.
         self.alpha = torch.tensor([args.alpha], dtype=torch.float32, device=device)
         self.n_updates = 0
-        # The fast paths wrap the methods below and change nothing they compute.
-        if args.compile:  # Inductor kernels for the losses' forward and backward; Adam stays the fused one
-            self.critic_loss = torch.compile(self.critic_loss)
-            self.actor_loss = torch.compile(self.actor_loss)
-        if args.cudagraphs:
-            self.update_critics = cuda_graphed(self.update_critics)
-            self.update_policy = cuda_graphed(self.update_policy)
-            self.update_targets = cuda_graphed(self.update_targets)
-            self.sample_action = cuda_graphed(self.sample_action)
+        if args.compile or args.cudagraphs:
+            use_fast_path(self)
 
     def modules(self) -> dict[str, nn.Module]:
-        return {"actor": self.actor, "qf1": self.qf1, "qf2": self.qf2,
-                "qf1_target": self.qf1_target, "qf2_target": self.qf2_target}
+        names = ("actor", "qf1", "qf2", "qf1_target", "qf2_target")
+        return {name: getattr(self, name) for name in names}
 
     def optimizers(self) -> dict[str, torch.optim.Optimizer]:
         opts = {"q_optimizer": self.q_optimizer, "actor_optimizer": self.actor_optimizer}
@@ -494,8 +527,7 @@ class SAC:
         return opts
 
     def to_device(self, batch: tuple[np.ndarray, ...]) -> list[torch.Tensor]:
-        """float32 tensors on the device. For CUDA through pinned (page-locked) host memory, so that
-        the copies run asynchronously; torch's pinned-memory cache reuses a block only once its copy is done."""
+        """float32 tensors on the device; to CUDA from pinned host memory, so that the copies are asynchronous."""
         tensors = [torch.from_numpy(np.asarray(x, dtype=np.float32)) for x in batch]
         if self.device.type == "cuda":
             return [t.pin_memory().to(self.device, non_blocking=True) for t in tensors]
@@ -522,17 +554,19 @@ class SAC:
         self.n_updates += 1
         return stats
 
-    def critic_loss(self, obs, actions, rewards, terminations, next_obs) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """sum_j E[(Q_j(s, a) - y)^2] with y from critic_target (no gradient through y)."""
+    def critic_loss(self, obs, actions, rewards, terminations, next_obs):
+        """sum_j E[(Q_j(s, a) - y)^2] with y from critic_target (no gradient through y); also the statistics."""
         with torch.no_grad():
             next_actions, next_log_prob = self.actor.sample(next_obs)
-            y = critic_target(rewards, terminations, self.qf1_target(next_obs, next_actions),
-                              self.qf2_target(next_obs, next_actions), next_log_prob, self.alpha, self.args.gamma)
+            next_q1 = self.qf1_target(next_obs, next_actions)
+            next_q2 = self.qf2_target(next_obs, next_actions)
+            y = critic_target(rewards, terminations, next_q1, next_q2, next_log_prob, self.alpha, self.args.gamma)
         qf1_values, qf2_values = self.qf1(obs, actions), self.qf2(obs, actions)
         qf1_loss, qf2_loss = F.mse_loss(qf1_values, y), F.mse_loss(qf2_values, y)
         qf_loss = qf1_loss + qf2_loss
-        return qf_loss, {"qf1_values": qf1_values.mean().detach(), "qf2_values": qf2_values.mean().detach(),
-                         "qf1_loss": qf1_loss.detach(), "qf2_loss": qf2_loss.detach(), "qf_loss": qf_loss.detach() / 2.0}
+        stats = dict(qf1_values=qf1_values.mean(), qf2_values=qf2_values.mean(), qf1_loss=qf1_loss, qf2_loss=qf2_loss)
+        stats["qf_loss"] = qf_loss / 2.0  # logged: the mean of the two critics' losses
+        return qf_loss, {k: v.detach() for k, v in stats.items()}
 
     def update_critics(self, obs, actions, rewards, terminations, next_obs) -> dict[str, torch.Tensor]:
         qf_loss, stats = self.critic_loss(obs, actions, rewards, terminations, next_obs)
@@ -575,21 +609,22 @@ class SAC:
     def update_targets(self) -> None:
         polyak_update(self.q_params, self.q_target_params, self.args.tau)
 
-    def weights_finite(self) -> bool:
-        return all(bool(torch.isfinite(p).all()) for m in self.modules().values() for p in m.parameters()) \
-            and bool(torch.isfinite(self.log_alpha).all())
+    def check_finite(self) -> None:
+        """Raise Diverged when a weight or log_alpha is NaN/Inf (never write such a model or checkpoint)."""
+        tensors = [p for m in self.modules().values() for p in m.parameters()] + [self.log_alpha]
+        if not all(bool(torch.isfinite(t).all()) for t in tensors):
+            raise Diverged("weights are not finite")
 
 
-# ----------------------------------------------------------------------------------------------
-# Evaluation and model files
-# ----------------------------------------------------------------------------------------------
+# --- Evaluation and model files -------------------------------------------------------------------
 
 MODEL_FORMAT = "sac_continuous/model/v1"
 CHECKPOINT_FORMAT = "sac_continuous/checkpoint/v1"
 
 
-def evaluate(actor: Actor, env_id: str, episodes: int, seed: int, device: torch.device,
-             video_path: Path | None = None) -> list[float]:
+def evaluate(
+    actor: Actor, env_id: str, episodes: int, seed: int, device: torch.device, video_path: Path | None = None
+) -> list[float]:
     """Deterministic returns (tanh of the mean) on a fresh env seeded with `seed`; optionally record
     the first episode as MP4. Uses no training RNG, so evaluating never changes the training run."""
     env = make_env(env_id, render_mode="rgb_array" if video_path else None)
@@ -618,25 +653,47 @@ def evaluate(actor: Actor, env_id: str, episodes: int, seed: int, device: torch.
     return returns
 
 
-def model_payload(agent: SAC, env_id: str, obs_dim: int, global_step: int) -> dict:
-    return {"format": MODEL_FORMAT, "env_id": env_id, "obs_dim": obs_dim,
-            "act_dim": int(agent.actor.action_scale.shape[0]), "global_step": global_step,
-            "actor": agent.actor.state_dict(), "qf1": agent.qf1.state_dict(), "qf2": agent.qf2.state_dict()}
+def fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def atomic_write(path: Path, write) -> None:
+    """write(f) into a temporary file, fsync, rename: a reader sees the old file or the new one, never half."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "wb") as f:
+        write(f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    fsync_dir(path.parent)
+
+
+def save_model(agent: SAC, env_id: str, global_step: int, path: Path) -> None:
+    model = {"format": MODEL_FORMAT, "env_id": env_id, "obs_dim": agent.obs_dim, "act_dim": agent.act_dim}
+    model.update(global_step=global_step, actor=agent.actor.state_dict())
+    model.update(qf1=agent.qf1.state_dict(), qf2=agent.qf2.state_dict())
+    atomic_write(path, lambda f: torch.save(model, f))
 
 
 def torch_load(path: Path, what: str) -> dict:
-    """torch.load(weights_only=True) onto the CPU (restoring converts env and RNG state with .numpy(); the
-    modules and optimizers copy their tensors to the device themselves), every failure turned into one line."""
+    """torch.load(weights_only=True: no code in the file can run) with every failure turned into one line.
+    Onto the CPU: restore turns env and RNG state into numpy; modules and optimizers copy to their device."""
     if not path.is_file():
         raise UserError(f"{what} {path} does not exist; check the path")
     try:
         with warnings.catch_warnings():  # torch warns about odd pickle headers: the one line below says it all
             warnings.simplefilter("ignore")
             data = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # zip errors, pickle errors, unsupported globals: all mean "not ours / damaged"
-        # torch's own message may advise weights_only=False, i.e. running the file's code: not shown
-        raise UserError(f"{what} {path} is unreadable ({type(e).__name__}): it is truncated, corrupt, or not "
-                        f"a file written by sac_continuous.py") from None
+    except Exception as e:  # zip, pickle, unsupported globals: all mean "not ours / damaged"
+        # not torch's message: it may advise weights_only=False, i.e. running the file's code
+        raise UserError(
+            f"{what} {path} is unreadable ({type(e).__name__}): it is truncated, corrupt, or not "
+            "a file written by sac_continuous.py"
+        ) from None
     if not isinstance(data, dict):
         raise UserError(f"{what} {path} is not a file written by sac_continuous.py")
     return data
@@ -652,42 +709,84 @@ def load_model_for_eval(path: Path, env_id: str, device: torch.device) -> Actor:
     low, high, obs_dim = env.action_space.low, env.action_space.high, env.observation_space.shape[0]
     env.close()
     if data["obs_dim"] != obs_dim or data["act_dim"] != low.shape[0]:
-        raise UserError(f"{path} expects observations of size {data['obs_dim']} and actions of size {data['act_dim']}, "
-                        f"but {env_id} has {obs_dim} and {low.shape[0]}")
+        raise UserError(
+            f"{path} expects observations of size {data['obs_dim']} and actions of size {data['act_dim']}, "
+            f"but {env_id} has {obs_dim} and {low.shape[0]}"
+        )
     actor = Actor(obs_dim, low, high).to(device)
     actor.load_state_dict(data["actor"])
     return actor
 
 
-# ----------------------------------------------------------------------------------------------
-# Checkpoints: atomic, complete (weights, optimizers, buffer, env state, every RNG) and exact
-# ----------------------------------------------------------------------------------------------
+# --- Checkpoints: atomic, complete (weights, optimizers, buffer, env state, every RNG) and exact --
 
 
-def fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+def find_checkpoint(path: Path) -> Path | None:
+    """A run dir, its checkpoints/ dir, or one step_* dir -> the step dir to load (None if none yet)."""
+    for root in (path / "checkpoints", path):
+        latest = root / "latest"
+        if latest.is_file():
+            return root / latest.read_text().strip()
+    if (path / "state.pt").is_file():
+        return path
+    return None
 
 
-def write_npy(path: Path, array: np.ndarray) -> None:
-    with open(path, "wb") as f:
-        np.lib.format.write_array(f, array, allow_pickle=False)
-        f.flush()
-        os.fsync(f.fileno())
+def save_checkpoint(run_dir: Path, state: dict, rb: ReplayBuffer) -> Path:
+    """runs/<run>/checkpoints/step_<N>/{state.pt, buffer/*.npy}, written under a temporary name and
+    renamed; then `latest` is switched atomically and older checkpoints are removed."""
+    root = run_dir / "checkpoints"
+    name = f"step_{state['global_step']:012d}"
+    final = root / name
+    if find_checkpoint(run_dir) == final:  # this very step is saved already (e.g. periodic, then at exit)
+        return final
+    root.mkdir(exist_ok=True)
+    tmp = root / f".tmp_{name}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    (tmp / "buffer").mkdir(parents=True)
+    state = {**state, "buffer": rb.save(tmp / "buffer")}
+    fsync_dir(tmp / "buffer")
+    atomic_write(tmp / "state.pt", lambda f: torch.save(state, f))
+    shutil.rmtree(final, ignore_errors=True)
+    os.replace(tmp, final)
+    fsync_dir(root)
+    atomic_write(root / "latest", lambda f: f.write(f"{name}\n".encode()))
+    for old in root.iterdir():  # only after `latest` points at the new one
+        if old.name in (name, "latest"):
+            continue
+        if old.is_dir():
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            old.unlink(missing_ok=True)
+    return final
 
 
-def atomic_torch_save(obj, path: Path) -> None:
-    """Write to a temporary name, fsync, rename: a reader sees the old file or the new one, never half."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "wb") as f:
-        torch.save(obj, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    fsync_dir(path.parent)
+def read_checkpoint(ckpt: Path) -> dict:
+    state = torch_load(ckpt / "state.pt", "checkpoint")
+    if state.get("format") != CHECKPOINT_FORMAT:
+        raise UserError(f"{ckpt / 'state.pt'} is not a sac_continuous.py checkpoint")
+    return state
+
+
+# Arguments that define the run: on --resume they come from the checkpoint. A command-line value
+# that differs from both the default and the checkpoint is a conflict and is refused.
+RUN_DEFINING = ("env_id", "num_envs", "buffer_size", "gamma", "tau", "batch_size", "learning_starts")
+RUN_DEFINING += ("policy_lr", "q_lr", "policy_frequency", "target_network_frequency", "alpha", "autotune", "seed")
+
+
+def merge_resume_args(args: Args, saved: dict) -> Args:
+    defaults, merged = Args(), {}
+    for name in RUN_DEFINING:
+        if name not in saved:
+            raise UserError(f"checkpoint lacks args.{name}; it is damaged or from another version")
+        cli, old = getattr(args, name), saved[name]
+        if cli != old and cli != getattr(defaults, name):
+            raise UserError(
+                f"{flag(name)} {cli} conflicts with the checkpoint's {flag(name)} {old}; "
+                "drop the flag to resume, or start a new run"
+            )
+        merged[name] = old
+    return dataclasses.replace(args, **merged)
 
 
 # MjData holds derived quantities (e.g. body positions used by the next step's reward) besides the
@@ -702,13 +801,6 @@ class _MjDataUnpickler(pickle.Unpickler):
         raise pickle.UnpicklingError(f"unexpected class {module}.{name} in MuJoCo state")
 
 
-def _simple_attrs(layer) -> dict:
-    """The plain-valued attributes of one wrapper or env layer (step counters, episode sums, flags,
-    Pendulum's state...): what a layer needs to carry on an episode mid-way."""
-    return {k: (v.copy() if isinstance(v, np.ndarray) else v) for k, v in vars(layer).items()
-            if k != "_np_random" and (v is None or isinstance(v, (bool, int, float, str, np.ndarray, np.generic)))}
-
-
 def _layers(env: gym.Env) -> list:
     layers = [env]
     while isinstance(layers[-1], gym.Wrapper):
@@ -717,16 +809,23 @@ def _layers(env: gym.Env) -> list:
 
 
 def get_env_state(env: gym.Env) -> dict:
+    """The plain-valued attributes of every wrapper and env layer (step counters, episode sums, Pendulum's
+    state...), as python values and tensors for weights_only loading; MuJoCo's MjData whole."""
+    layers = []
+    for layer in _layers(env):
+        attrs = {}
+        for k, v in vars(layer).items():
+            if isinstance(v, np.ndarray):
+                attrs[k] = torch.from_numpy(v.copy())
+            elif isinstance(v, np.generic):
+                attrs[k] = v.item()
+            elif k != "_np_random" and (v is None or isinstance(v, (bool, int, float, str))):
+                attrs[k] = v
+        layers.append(attrs)
     base = env.unwrapped
-    state = {"layers": [_simple_attrs(layer) for layer in _layers(env)], "np_random": base.np_random.bit_generator.state}
+    state = {"layers": layers, "np_random": base.np_random.bit_generator.state}
     if hasattr(base, "data") and type(base.data).__name__ == "MjData":
         state["mjdata"] = pickle.dumps(base.data)
-    for layer_state in state["layers"]:  # numpy scalars/arrays -> plain python, for weights_only loading
-        for k, v in layer_state.items():
-            if isinstance(v, np.ndarray):
-                layer_state[k] = torch.from_numpy(v)
-            elif isinstance(v, np.generic):
-                layer_state[k] = v.item()
     return state
 
 
@@ -753,101 +852,66 @@ def set_env_state(env: gym.Env, state: dict) -> None:
         mujoco.mj_copyData(base.data, base.model, saved)
 
 
-def rng_states() -> dict:
-    np_state = np.random.get_state()
-    state = {"python": random.getstate(), "torch": torch.get_rng_state(),
-             "numpy": [np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), *np_state[2:]]}
+def checkpoint_state(args, agent: SAC, envs, obs, global_step: int, best_eval: float, last_return: float) -> dict:
+    """Everything the run needs to go on exactly as if it had not stopped (the buffer is added on save)."""
+    np_state = np.random.get_state()  # its key array as a tensor, for weights_only loading
+    rng = {"python": random.getstate(), "torch": torch.get_rng_state()}
+    rng["numpy"] = [np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), *np_state[2:]]
     if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
+        rng["cuda"] = torch.cuda.get_rng_state_all()
+    return {
+        "format": CHECKPOINT_FORMAT,
+        "args": dataclasses.asdict(args),
+        "obs_dim": agent.obs_dim,
+        "act_dim": agent.act_dim,
+        "global_step": global_step,
+        "n_updates": agent.n_updates,
+        "best_eval": best_eval,
+        "last_return": last_return,
+        "obs": torch.from_numpy(obs.copy()),
+        "modules": {k: m.state_dict() for k, m in agent.modules().items()},
+        "optimizers": {k: o.state_dict() for k, o in agent.optimizers().items()},
+        "log_alpha": agent.log_alpha.detach().clone(),
+        "alpha": agent.alpha.clone(),
+        "rng": rng,
+        "action_space_rng": envs.action_space.np_random.bit_generator.state,
+        "envs": [get_env_state(e) for e in envs.envs],
+    }
 
 
-def set_rng_states(state: dict) -> None:
-    random.setstate(state["python"])
-    torch.set_rng_state(state["torch"].cpu())
-    name, keys, *rest = state["numpy"]
-    np.random.set_state((name, keys.numpy().astype(np.uint32), *rest))
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])
+def restore(saved: dict, ckpt: Path, agent: SAC, rb: ReplayBuffer, envs: gym.vector.SyncVectorEnv) -> tuple:
+    """checkpoint_state's inverse; returns the loop's (obs, global_step, best_eval, last_return). log_alpha
+    and alpha are overwritten in place, so the optimizer, which holds that very log_alpha tensor, keeps
+    training it. A missing or misfitting piece: one line."""
+    try:
+        for k, m in agent.modules().items():
+            m.load_state_dict(saved["modules"][k])
+        for k, o in agent.optimizers().items():
+            o.load_state_dict(saved["optimizers"][k])
+            for group in o.param_groups:  # how this process steps (fused, capturable) is not part of the run
+                group.update(fused=o.defaults["fused"], capturable=o.defaults["capturable"])
+        with torch.no_grad():
+            agent.log_alpha.copy_(saved["log_alpha"])
+            agent.alpha.copy_(saved["alpha"])
+        agent.n_updates = saved["n_updates"]
+        rb.load(ckpt / "buffer", saved["buffer"])
+        for env, env_state in zip(envs.envs, saved["envs"]):
+            set_env_state(env, env_state)
+        envs.action_space.np_random.bit_generator.state = saved["action_space_rng"]
+        rng = saved["rng"]
+        random.setstate(rng["python"])
+        torch.set_rng_state(rng["torch"].cpu())
+        name, keys, *rest = rng["numpy"]
+        np.random.set_state((name, keys.numpy().astype(np.uint32), *rest))
+        if "cuda" in rng and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all([s.cpu() for s in rng["cuda"]])
+        return saved["obs"].numpy(), saved["global_step"], saved["best_eval"], saved["last_return"]
+    except (KeyError, RuntimeError, ValueError, TypeError, AttributeError, pickle.UnpicklingError) as e:
+        reason = str(e).splitlines()[0][:160]
+        raise UserError(f"checkpoint {ckpt} does not fit this run ({type(e).__name__}: {reason})") from None
 
 
-# Arguments that define the run: on --resume they come from the checkpoint. A command-line value
-# that differs from both the default and the checkpoint is a conflict and is refused.
-RUN_DEFINING = ("env_id", "num_envs", "buffer_size", "gamma", "tau", "batch_size", "learning_starts",
-                "policy_lr", "q_lr", "policy_frequency", "target_network_frequency", "alpha", "autotune", "seed")
-
-
-CHECKPOINT_KEYS = ("args", "obs_dim", "act_dim", "global_step", "n_updates", "best_eval", "last_return", "obs",
-                   "modules", "optimizers", "log_alpha", "alpha", "rng", "action_space_rng", "envs", "buffer")
-
-
-def save_checkpoint(run_dir: Path, state: dict, rb: ReplayBuffer) -> Path:
-    """runs/<run>/checkpoints/step_<N>/{state.pt, buffer/*.npy}, written under a temporary name and
-    renamed; then `latest` is switched atomically and older checkpoints are removed."""
-    root = run_dir / "checkpoints"
-    name = f"step_{state['global_step']:012d}"
-    if find_checkpoint(run_dir) == root / name:  # this very step is saved already (e.g. periodic, then at exit)
-        return root / name
-    root.mkdir(exist_ok=True)
-    tmp = root / f".tmp_{name}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    (tmp / "buffer").mkdir(parents=True)
-    state = {**state, "buffer": rb.save(tmp / "buffer")}
-    fsync_dir(tmp / "buffer")
-    atomic_torch_save(state, tmp / "state.pt")
-    final = root / name
-    shutil.rmtree(final, ignore_errors=True)
-    os.replace(tmp, final)
-    fsync_dir(root)
-    latest_tmp = root / ".latest.tmp"
-    latest_tmp.write_text(name + "\n")
-    with open(latest_tmp, "rb+") as f:
-        os.fsync(f.fileno())
-    os.replace(latest_tmp, root / "latest")
-    fsync_dir(root)
-    for old in root.iterdir():  # only after `latest` points at the new one
-        if old.name != name and old.name != "latest":
-            shutil.rmtree(old, ignore_errors=True) if old.is_dir() else old.unlink(missing_ok=True)
-    return final
-
-
-def find_checkpoint(path: Path) -> Path | None:
-    """A run dir, its checkpoints/ dir, or one step_* dir -> the step dir to load (None if none yet)."""
-    for root in (path / "checkpoints", path):
-        latest = root / "latest"
-        if latest.is_file():
-            return root / latest.read_text().strip()
-    if (path / "state.pt").is_file():
-        return path
-    return None
-
-
-def read_checkpoint(ckpt: Path) -> dict:
-    state = torch_load(ckpt / "state.pt", "checkpoint")
-    if state.get("format") != CHECKPOINT_FORMAT:
-        raise UserError(f"{ckpt / 'state.pt'} is not a sac_continuous.py checkpoint")
-    missing = [k for k in CHECKPOINT_KEYS if k not in state]
-    missing += [f"args.{k}" for k in RUN_DEFINING if k not in state.get("args", {}) and "args" not in missing]
-    if missing:
-        raise UserError(f"checkpoint {ckpt} lacks {', '.join(missing)}; it is damaged or from another version")
-    return state
-
-
-def merge_resume_args(args: Args, saved: dict) -> Args:
-    defaults = Args()
-    merged = {}
-    for name in RUN_DEFINING:
-        cli, old = getattr(args, name), saved[name]
-        if cli != old and cli != getattr(defaults, name):
-            flag = "--" + name.replace("_", "-")
-            raise UserError(f"{flag} {cli} conflicts with the checkpoint's {flag} {old}; drop the flag to resume, or start a new run")
-        merged[name] = old
-    return dataclasses.replace(args, **merged)
-
-
-# ----------------------------------------------------------------------------------------------
-# Main loop
-# ----------------------------------------------------------------------------------------------
+# --- The training loop ----------------------------------------------------------------------------
 
 
 class StopRequest:
@@ -862,7 +926,63 @@ class StopRequest:
         if self.signal_name is not None:
             os._exit(EXIT_ABORTED)
         self.signal_name = signal.Signals(signum).name
-        print(f"\n{self.signal_name}: finishing this step and writing a checkpoint (again to quit at once)", file=sys.stderr)
+        print(
+            f"\n{self.signal_name}: finishing this step and writing a checkpoint (again to quit at once)",
+            file=sys.stderr,
+        )
+
+
+class Progress:
+    """On a terminal, a progress bar: the phase, steps, SPS and last return, and an ETA from the training
+    rate (the random-action phase runs many times faster, so it gives none). Nothing otherwise."""
+
+    def __init__(self, total: int, start: int, learning_starts: int):
+        self.total, self.learning_starts, self.bar = total, learning_starts, None
+        self.rate_step, self.rate_time, self.last_draw = start, time.time(), 0.0
+        if sys.stderr.isatty():
+            from rich.progress import BarColumn, MofNCompleteColumn, TextColumn
+            from rich.progress import Progress as RichProgress
+
+            fields = TextColumn("{task.fields[sps]} SPS  return {task.fields[ret]}  ETA {task.fields[eta]}")
+            self.bar = RichProgress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), fields)
+            self.task = self.bar.add_task(self.phase(start), total=total, completed=start, sps="-", ret="-", eta="-")
+            self.bar.start()
+
+    def phase(self, step: int) -> str:
+        if step < self.learning_starts:
+            return f"SAC: random actions until {self.learning_starts:,}"
+        return "SAC: training"
+
+    def update(self, step: int, last_return: float) -> None:
+        now = time.time()
+        if self.rate_step < self.learning_starts <= step:  # training begins: measure its rate from here
+            self.rate_step, self.rate_time = step, now
+        if self.bar is None or now - self.last_draw < 0.25:
+            return
+        self.last_draw = now
+        sps = (step - self.rate_step) / max(now - self.rate_time, 1e-9)
+        eta = "-"
+        if step >= self.learning_starts and sps > 0:
+            left = int((self.total - step) / sps)
+            eta = f"{left // 3600}:{left // 60 % 60:02d}:{left % 60:02d}"
+        fields = dict(sps=f"{sps:.0f}", ret=f"{last_return:.1f}", eta=eta)
+        self.bar.update(self.task, completed=step, description=self.phase(step), **fields)
+
+    def note(self, text: str) -> None:
+        if self.bar is not None:
+            self.bar.console.print(text)
+        else:
+            print(text, file=sys.stderr)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.stop()
+            self.bar = None
+
+
+def crossed(step: int, prev_step: int, every: int) -> bool:
+    """True when a multiple of `every` lies in (prev_step, step]."""
+    return every > 0 and step // every > prev_step // every
 
 
 def resume_command(args: Args, run_dir: Path) -> str:
@@ -870,17 +990,14 @@ def resume_command(args: Args, run_dir: Path) -> str:
     checkpoint; the others (the total, evaluation, checkpoints, device...) must be given again."""
     defaults, words = Args(), ["python", "sac_continuous.py", "--resume", str(run_dir)]
     for field in dataclasses.fields(Args):
-        value = getattr(args, field.name)
-        if field.name in RUN_DEFINING or field.name in ("resume", "run_name", "output_dir") or value == getattr(defaults, field.name):
+        name, value = field.name, getattr(args, field.name)
+        if name in RUN_DEFINING or name in ("resume", "run_name", "output_dir") or value == getattr(defaults, name):
             continue
-        flag = "--" + field.name.replace("_", "-")
-        words += [flag if value is True else "--no-" + flag[2:]] if isinstance(value, bool) else [flag, str(value)]
+        if isinstance(value, bool):
+            words.append(flag(name) if value else flag("no_" + name))
+        else:
+            words += [flag(name), str(value)]
     return " ".join(words)
-
-
-def crossed(step: int, prev_step: int, every: int) -> bool:
-    """True when a multiple of `every` lies in (prev_step, step]."""
-    return every > 0 and step // every > prev_step // every
 
 
 def prepare_run_dir(args: Args) -> tuple[Path, Path | None]:
@@ -890,21 +1007,23 @@ def prepare_run_dir(args: Args) -> tuple[Path, Path | None]:
         given = Path(args.resume)
         ckpt = find_checkpoint(given) if given.exists() else None
         if ckpt is None:
-            raise UserError(f"--resume {given}: no checkpoint there; pass a run directory or a checkpoints/step_* directory")
+            raise UserError(
+                f"--resume {given}: no checkpoint there; pass a run directory or a checkpoints/step_* directory"
+            )
         run_dir = ckpt.parent.parent if ckpt.parent.name == "checkpoints" else ckpt.parent
         return run_dir, ckpt
-    run_name = args.run_name or f"{args.env_id}__sac__{args.seed}__{int(time.time())}"
-    run_dir = Path(args.output_dir) / run_name
+    run_dir = Path(args.output_dir) / (args.run_name or f"{args.env_id}__sac__{args.seed}__{int(time.time())}")
     ckpt = find_checkpoint(run_dir) if args.resume == "auto" and run_dir.exists() else None
     # --resume auto with no checkpoint yet (e.g. killed before the first one) starts the run afresh
     if ckpt is None and args.resume != "auto" and run_dir.exists() and any(run_dir.iterdir()):
-        raise UserError(f"run directory {run_dir} already holds a run; add --resume auto to continue it, or choose another --run-name")
+        raise UserError(
+            f"run directory {run_dir} already holds a run; add --resume auto to continue it, "
+            "or choose another --run-name"
+        )
     return run_dir, ckpt
 
 
-def create_run_dir(run_dir: Path) -> bool:
-    """mkdir with a one-line error; returns whether this call created it (so a failure can remove it)."""
-    existed = run_dir.exists()
+def create_run_dir(run_dir: Path) -> None:
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
         probe = run_dir / ".write_test"
@@ -912,71 +1031,48 @@ def create_run_dir(run_dir: Path) -> bool:
         probe.unlink()
     except OSError as e:
         raise UserError(f"cannot write to {run_dir} ({e.strerror}); choose a writable --output-dir") from None
-    return not existed
-
-
-def check_fast_path(args: Args, device: torch.device) -> None:
-    """--compile and --cudagraphs need things that a plain run does not: refuse early, in one line."""
-    if args.cudagraphs and device.type != "cuda":
-        raise UserError(f"--cudagraphs needs a CUDA device (CUDA graphs exist only there), but the device is {device}; "
-                        f"drop --cudagraphs or use --device cuda")
-    if args.compile and device.type == "cpu":
-        compiler = os.environ.get("CXX", "g++")
-        if shutil.which(compiler) is None:
-            raise UserError(f"--compile on the CPU needs a C++ compiler ({compiler}, or set CXX); install one or drop --compile")
-    if args.compile and device.type == "cuda":
-        if importlib.util.find_spec("triton") is None:
-            raise UserError("--compile on CUDA needs the triton package; install it or drop --compile")
-        # triton builds a small C launcher with $CC, else gcc, else clang
-        if not (os.environ.get("CC") or shutil.which("gcc") or shutil.which("clang")):
-            raise UserError("--compile on CUDA needs a C compiler for triton (gcc or clang, or set CC); install one or drop --compile")
 
 
 def train(args: Args) -> int:
+    from torch.utils.tensorboard import SummaryWriter
+
+    # Setup. Everything that can reject the input happens before anything is written.
     validate_args(args)
     device = pick_device(args.device)
     check_fast_path(args, device)
     run_dir, ckpt = prepare_run_dir(args)
     saved = read_checkpoint(ckpt) if ckpt else None
     if saved is not None:
-        args = merge_resume_args(args, saved["args"])
-    # Everything that can reject the input happens before anything is written.
+        args = merge_resume_args(args, saved.get("args", {}))
     envs = make_vector_env(args.env_id, args.num_envs)
     obs_dim = envs.single_observation_space.shape[0]
     low, high = envs.single_action_space.low, envs.single_action_space.high
-    if saved is not None and (saved["obs_dim"], saved["act_dim"]) != (obs_dim, low.shape[0]):
-        raise UserError(f"checkpoint {ckpt} has observation/action sizes {saved['obs_dim']}/{saved['act_dim']}, "
-                        f"but {args.env_id} has {obs_dim}/{low.shape[0]}")
-    created = create_run_dir(run_dir)
-    try:
-        return _train(args, device, run_dir, saved, ckpt, envs, obs_dim, low, high)
-    except UserError:
-        if created:
-            shutil.rmtree(run_dir, ignore_errors=True)
-        raise
-
-
-def _train(args, device, run_dir, saved, ckpt, envs, obs_dim, low, high) -> int:
-    from torch.utils.tensorboard import SummaryWriter
+    if saved is not None and (saved.get("obs_dim"), saved.get("act_dim")) != (obs_dim, low.shape[0]):
+        raise UserError(
+            f"checkpoint {ckpt} has observation/action sizes {saved.get('obs_dim')}/{saved.get('act_dim')}, "
+            f"but {args.env_id} has {obs_dim}/{low.shape[0]}"
+        )
+    create_run_dir(run_dir)
 
     random.seed(args.seed)
     np.random.seed(args.seed)
     torch.manual_seed(args.seed)
     torch.backends.cudnn.deterministic = args.torch_deterministic
-
     agent = SAC(obs_dim, low, high, args, device)
     rb = ReplayBuffer(args.buffer_size, args.num_envs, obs_dim, low.shape[0], seed=args.seed)
     obs, _ = envs.reset(seed=args.seed)
     envs.action_space.seed(args.seed)
     global_step, best_eval, last_return = 0, -math.inf, math.nan
 
+    # Resume: the checkpoint overwrites all of the above
     if saved is not None:
-        restore(saved, ckpt, agent, rb, envs)
-        obs = saved["obs"].numpy()
-        global_step, best_eval, last_return = saved["global_step"], saved["best_eval"], saved["last_return"]
+        obs, global_step, best_eval, last_return = restore(saved, ckpt, agent, rb, envs)
         if global_step >= args.total_timesteps:
-            print(f"{run_dir} is already at step {global_step} of {args.total_timesteps}; nothing to do "
-                  f"(a larger --total-timesteps extends it)", file=sys.stderr)
+            print(
+                f"{run_dir} is already at step {global_step} of {args.total_timesteps}; nothing to do "
+                "(a larger --total-timesteps extends it)",
+                file=sys.stderr,
+            )
             envs.close()
             return 0
         print(f"resumed {run_dir} at step {global_step} from {ckpt.name}", file=sys.stderr)
@@ -984,49 +1080,22 @@ def _train(args, device, run_dir, saved, ckpt, envs, obs_dim, low, high) -> int:
         rb.start(obs)
         (run_dir / "args.json").write_text(json.dumps(dataclasses.asdict(args), indent=2) + "\n")
 
-    # On resume, TensorBoard hides what the stopped process logged after its checkpoint (step > S):
-    # everything up to S was logged before the checkpoint was written, so nothing is lost or doubled.
-    # A fresh start over an attempt that died before its first checkpoint hides all of that attempt's points.
-    restarted = saved is None and any(run_dir.glob("events.out.tfevents.*"))
-    writer = SummaryWriter(str(run_dir), purge_step=global_step + 1 if saved is not None else (0 if restarted else None))
+    # TensorBoard: on resume, hide what the stopped process logged after its checkpoint (step > S; up to S it
+    # was logged before the checkpoint). A fresh start over an attempt that died before its first checkpoint
+    # hides all of that attempt's points.
+    if saved is not None:
+        purge_step = global_step + 1
+    else:
+        purge_step = 0 if any(run_dir.glob("events.out.tfevents.*")) else None
+    writer = SummaryWriter(str(run_dir), purge_step=purge_step)
     if saved is None:
-        writer.add_text("hyperparameters", "|param|value|\n|-|-|\n" + "\n".join(f"|{k}|{v}|" for k, v in dataclasses.asdict(args).items()))
+        table = "\n".join(f"|{k}|{v}|" for k, v in dataclasses.asdict(args).items())
+        writer.add_text("hyperparameters", "|param|value|\n|-|-|\n" + table)
 
-    def checkpoint_state() -> dict:
-        return {"format": CHECKPOINT_FORMAT, "args": dataclasses.asdict(args), "obs_dim": obs_dim,
-                "act_dim": int(low.shape[0]), "global_step": global_step, "n_updates": agent.n_updates,
-                "best_eval": best_eval, "last_return": last_return, "obs": torch.from_numpy(obs.copy()),
-                "modules": {k: m.state_dict() for k, m in agent.modules().items()},
-                "optimizers": {k: o.state_dict() for k, o in agent.optimizers().items()},
-                "log_alpha": agent.log_alpha.detach().clone(), "alpha": agent.alpha.clone(), "rng": rng_states(),
-                "action_space_rng": envs.action_space.np_random.bit_generator.state,
-                "envs": [get_env_state(e) for e in envs.envs]}
-
-    def write_checkpoint() -> Path:
-        if not agent.weights_finite():
-            raise Diverged("weights are not finite")
-        writer.flush()  # the events up to this step must be on disk before the checkpoint that follows them
-        return save_checkpoint(run_dir, checkpoint_state(), rb)
-
-    def run_eval() -> None:
-        nonlocal best_eval
-        if not agent.weights_finite():  # never write a NaN model over a good one
-            raise Diverged("weights are not finite")
-        video = run_dir / "videos" / f"eval_step_{global_step:012d}.mp4" if args.capture_video else None
-        returns = evaluate(agent.actor, args.env_id, args.eval_episodes, args.seed + 10_000, device, video)
-        mean, std = float(np.mean(returns)), float(np.std(returns))
-        writer.add_scalar("eval/mean_return", mean, global_step)
-        writer.add_scalar("eval/std_return", std, global_step)
-        atomic_torch_save(model_payload(agent, args.env_id, obs_dim, global_step), run_dir / "model.pt")
-        if mean > best_eval:
-            best_eval = mean
-            atomic_torch_save(model_payload(agent, args.env_id, obs_dim, global_step), run_dir / "best_model.pt")
-        progress.note(f"step {global_step}: eval return {mean:.1f} ± {std:.1f} over {len(returns)} episodes")
-
+    # The loop
     stop = StopRequest()
-    progress = Progress(args.total_timesteps, global_step)
+    progress = Progress(args.total_timesteps, global_step, args.learning_starts)
     start_step, start_time = global_step, time.time()
-    stats: dict[str, torch.Tensor] = {}
     try:
         while global_step < args.total_timesteps:
             if global_step < args.learning_starts:
@@ -1055,95 +1124,59 @@ def _train(args, device, run_dir, saved, ckpt, envs, obs_dim, low, high) -> int:
                     for k, v in values.items():
                         writer.add_scalar(f"losses/{k}", v, global_step)
                     writer.add_scalar("losses/alpha", agent.alpha.item(), global_step)
-                    writer.add_scalar("charts/SPS", int((global_step - start_step) / (time.time() - start_time)), global_step)
+                    sps = int((global_step - start_step) / (time.time() - start_time))
+                    writer.add_scalar("charts/SPS", sps, global_step)
 
-            # the last step always evaluates (the final model) and, unless checkpoints are off, checkpoints
-            # after that evaluation, so the checkpoint to extend from knows its best_eval
+            # The last step always evaluates (the final model), then checkpoints unless checkpoints are off,
+            # so that the checkpoint to extend from knows its best_eval.
             last = global_step >= args.total_timesteps
             if crossed(global_step, prev_step, args.eval_frequency) or last:
-                run_eval()
-            if crossed(global_step, prev_step, args.checkpoint_frequency) or (last and args.checkpoint_frequency > 0):
-                write_checkpoint()
+                agent.check_finite()
+                video = run_dir / "videos" / f"eval_step_{global_step:012d}.mp4" if args.capture_video else None
+                returns = evaluate(agent.actor, args.env_id, args.eval_episodes, args.seed + 10_000, device, video)
+                mean, std = float(np.mean(returns)), float(np.std(returns))
+                writer.add_scalar("eval/mean_return", mean, global_step)
+                writer.add_scalar("eval/std_return", std, global_step)
+                save_model(agent, args.env_id, global_step, run_dir / "model.pt")
+                if mean > best_eval:
+                    best_eval = mean
+                    save_model(agent, args.env_id, global_step, run_dir / "best_model.pt")
+                progress.note(f"step {global_step}: eval return {mean:.1f} ± {std:.1f} over {len(returns)} episodes")
+            stopping = stop.signal_name is not None and not last
+            periodic = crossed(global_step, prev_step, args.checkpoint_frequency)
+            if periodic or (last and args.checkpoint_frequency > 0) or stopping:
+                agent.check_finite()
+                writer.flush()  # the events up to this step go to disk before the checkpoint that follows them
+                state = checkpoint_state(args, agent, envs, obs, global_step, best_eval, last_return)
+                path = save_checkpoint(run_dir, state, rb)
             progress.update(global_step, last_return)
-            if stop.signal_name is not None and not last:
-                path = write_checkpoint()
+            if stopping:
                 progress.close()
-                print(f"stopped by {stop.signal_name} at step {global_step}; checkpoint {path}. "
-                      f"Resume with: {resume_command(args, run_dir)}", file=sys.stderr)
+                print(
+                    f"stopped by {stop.signal_name} at step {global_step}; checkpoint {path}. "
+                    f"Resume with: {resume_command(args, run_dir)}",
+                    file=sys.stderr,
+                )
                 return EXIT_INTERRUPTED
     except Diverged as e:
         progress.close()
         latest = find_checkpoint(run_dir)
         where = f"the last good checkpoint {latest} is intact" if latest else "no checkpoint was written"
-        print(f"error: training diverged at step {global_step} (non-finite values: {e}); {where}. "
-              f"Try lower --policy-lr/--q-lr.", file=sys.stderr)
+        print(
+            f"error: training diverged at step {global_step} (non-finite values: {e}); {where}. "
+            "Try lower --policy-lr/--q-lr.",
+            file=sys.stderr,
+        )
         return EXIT_DIVERGED
     finally:
         writer.flush()
         envs.close()
 
+    # Finish
     writer.close()
     progress.close()
     print(f"done: {global_step} steps; outputs in {run_dir}", file=sys.stderr)
     return 0
-
-
-def restore(saved: dict, ckpt: Path, agent: SAC, rb: ReplayBuffer, envs: gym.vector.SyncVectorEnv) -> None:
-    """Put every piece of state back in place. log_alpha and alpha are overwritten in place, so the
-    optimizer, which holds that very log_alpha tensor, keeps training it."""
-    try:
-        for k, m in agent.modules().items():
-            m.load_state_dict(saved["modules"][k])
-        for k, o in agent.optimizers().items():
-            o.load_state_dict(saved["optimizers"][k])
-            for group in o.param_groups:  # how this process steps (fused, capturable) is not part of the run
-                group.update(fused=o.defaults["fused"], capturable=o.defaults["capturable"])
-        with torch.no_grad():
-            agent.log_alpha.copy_(saved["log_alpha"])
-            agent.alpha.copy_(torch.as_tensor(saved["alpha"], dtype=torch.float32))  # a float in older checkpoints
-        agent.n_updates = saved["n_updates"]
-        rb.load(ckpt / "buffer", saved["buffer"])
-        for env, env_state in zip(envs.envs, saved["envs"]):
-            set_env_state(env, env_state)
-        envs.action_space.np_random.bit_generator.state = saved["action_space_rng"]
-        set_rng_states(saved["rng"])
-    except (KeyError, RuntimeError, ValueError, TypeError, pickle.UnpicklingError) as e:
-        reason = str(e).splitlines()[0][:160]
-        raise UserError(f"checkpoint {ckpt} does not fit this run ({type(e).__name__}: {reason})") from None
-
-
-class Progress:
-    """A rich progress bar on a terminal (steps, SPS, last return, ETA); plain lines otherwise."""
-
-    def __init__(self, total: int, start: int):
-        self.bar = None
-        if sys.stderr.isatty():
-            from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeRemainingColumn
-            from rich.progress import Progress as RichProgress
-
-            self.bar = RichProgress(TextColumn("SAC"), BarColumn(), MofNCompleteColumn(),
-                                    TextColumn("{task.fields[sps]} SPS"),
-                                    TextColumn("return {task.fields[ret]}"), TimeRemainingColumn(),
-                                    transient=False)
-            self.task = self.bar.add_task("train", total=total, completed=start, sps="-", ret="-")
-            self.bar.start()
-        self.start, self.t0, self.last_draw = start, time.time(), 0.0
-
-    def update(self, step: int, last_return: float) -> None:
-        now = time.time()
-        if self.bar is None or now - self.last_draw < 0.25:
-            return
-        self.last_draw = now
-        sps = (step - self.start) / max(now - self.t0, 1e-9)
-        self.bar.update(self.task, completed=step, sps=f"{sps:.0f}", ret=f"{last_return:.1f}")
-
-    def note(self, text: str) -> None:
-        (self.bar.console.print if self.bar else lambda t: print(t, file=sys.stderr))(text)
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.stop()
-            self.bar = None
 
 
 def eval_only(args: Args) -> int:
@@ -1154,21 +1187,22 @@ def eval_only(args: Args) -> int:
     actor = load_model_for_eval(path, args.env_id, device)
     video = path.parent / "videos" / f"eval_{path.stem}.mp4" if args.capture_video else None
     returns = evaluate(actor, args.env_id, args.eval_episodes, args.seed + 10_000, device, video)
-    print(f"{args.env_id} {path}: mean return {np.mean(returns):.1f} ± {np.std(returns):.1f} over {len(returns)} episodes")
+    mean, std = np.mean(returns), np.std(returns)
+    print(f"{args.env_id} {path}: mean return {mean:.1f} ± {std:.1f} over {len(returns)} episodes")
     if video:
         print(f"video: {video}")
     return 0
 
 
 def main() -> None:
-    args = tyro.cli(Args, description=__doc__.split("\n\n")[0] + " Exit codes: 0 done, 2 bad input (nothing "
-                    "written), 3 diverged, 75 stopped by a signal after writing a checkpoint, 130 aborted.")
+    codes = "Exit codes: 0 done, 2 bad input (nothing written), 3 diverged, "
+    codes += "75 stopped by a signal after writing a checkpoint, 130 aborted."
+    args = tyro.cli(Args, description=__doc__.split("\n\n")[0] + " " + codes)
     if args.capture_video and "MUJOCO_GL" not in os.environ:
         # before mujoco is imported: EGL renders on an NVIDIA GPU, OSMesa on any CPU
         os.environ["MUJOCO_GL"] = "egl" if torch.cuda.is_available() else "osmesa"
     if os.environ.get("MUJOCO_GL") == "osmesa" and importlib.util.find_spec("triton") is not None:
-        # `import mujoco` then loads OSMesa with its own LLVM; torch's triton (in its CUDA builds), when
-        # imported after that (fused Adam, torch.compile), crashes the process. Imported first, both work.
+        # OSMesa brings its own LLVM, which crashes triton (fused Adam, torch.compile) imported after it
         import triton  # noqa: F401
     try:
         code = eval_only(args) if args.eval_checkpoint else train(args)

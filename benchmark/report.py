@@ -77,8 +77,7 @@ def accumulator(path: Path):
 
     # its warning on a resumed run ("Purging expired events ...") is the expected purge_step at work
     logging.getLogger("tensorboard").setLevel(logging.ERROR)
-    guidance = {ea.SCALARS: 0, ea.TENSORS: 1, ea.HISTOGRAMS: 1, ea.COMPRESSED_HISTOGRAMS: 1,
-                ea.IMAGES: 1, ea.AUDIO: 1}
+    guidance = {ea.SCALARS: 0, ea.TENSORS: 1, ea.HISTOGRAMS: 1, ea.COMPRESSED_HISTOGRAMS: 1, ea.IMAGES: 1, ea.AUDIO: 1}
     acc = ea.EventAccumulator(str(path), size_guidance=guidance)
     acc.Reload()
     return acc
@@ -144,14 +143,19 @@ def load_runs(runs_dir: Path) -> list[Run]:
     if not runs_dir.is_dir():
         raise SystemExit(f"error: {runs_dir} is not a directory")
     targets = {name: info.get("target") for name, info in runner_state(runs_dir).get("runs", {}).items()}
-    runs = [load_run(d, targets.get(d.name)) for d in sorted(runs_dir.iterdir())
-            if d.is_dir() and (d / "args.json").is_file() and any(d.glob("events.out.tfevents.*"))]
+    runs = [
+        load_run(d, targets.get(d.name))
+        for d in sorted(runs_dir.iterdir())
+        if d.is_dir() and (d / "args.json").is_file() and any(d.glob("events.out.tfevents.*"))
+    ]
     seen: dict[tuple[str, int], str] = {}
     for r in runs:
         other = seen.setdefault((r.env, r.seed), r.name)
         if other != r.name:
-            raise SystemExit(f"error: two runs of {r.env} seed {r.seed} in {runs_dir}: {other} and {r.name}; "
-                             f"a report needs one run per environment and seed")
+            raise SystemExit(
+                f"error: two runs of {r.env} seed {r.seed} in {runs_dir}: {other} and {r.name}; "
+                f"a report needs one run per environment and seed"
+            )
     return runs
 
 
@@ -211,8 +215,11 @@ def references_for(env_id: str, references: list[dict]) -> list[dict]:
 
 
 def tidy_rows(runs: list[Run]) -> list[dict]:
-    return [{"env": r.env, "seed": r.seed, "step": step, "mean_return": mean, "std_return": std}
-            for r in sorted(runs, key=lambda r: (r.env, r.seed)) for step, mean, std in r.evals]
+    return [
+        {"env": r.env, "seed": r.seed, "step": step, "mean_return": mean, "std_return": std}
+        for r in sorted(runs, key=lambda r: (r.env, r.seed))
+        for step, mean, std in r.evals
+    ]
 
 
 def write_csv(runs: list[Run], path: Path) -> None:
@@ -276,25 +283,39 @@ def plot_env(env_id: str, runs: list[Run], references: list[dict]):
     for i, r in enumerate(runs):
         if r.evals:
             steps, means = [s for s, _, _ in r.evals], [m for _, m, _ in r.evals]
-            ax.plot(steps, means, lw=0.8, alpha=0.6, color="0.45", gid="seed",
-                    label="individual seeds" if i == 0 else "_nolegend_")
+            ax.plot(
+                steps,
+                means,
+                lw=0.8,
+                alpha=0.6,
+                color="0.45",
+                gid="seed",
+                label="individual seeds" if i == 0 else "_nolegend_",
+            )
     steps, means, stds = seed_curves([r for r in runs if r.evals])
     if steps:
         lo = [m - s for m, s in zip(means, stds)]
         hi = [m + s for m, s in zip(means, stds)]
         n = sum(1 for r in runs if r.evals)
-        ax.fill_between(steps, lo, hi, color="tab:blue", alpha=0.2, gid="band",
-                        label=f"± 1 std over seeds (ddof=0)")
+        ax.fill_between(steps, lo, hi, color="tab:blue", alpha=0.2, gid="band", label="± 1 std over seeds (ddof=0)")
         ax.plot(steps, means, lw=2.2, color="tab:blue", gid="mean", label=f"mean over {n} seeds")
     for j, ref in enumerate(references_for(env_id, references)):
-        ax.axhline(ref["value"], color=colors[(j + 1) % len(colors)], lw=1.4, gid="reference",
-                   linestyle="-" if ref["same_version"] else "--", label=ref["legend"])
+        ax.axhline(
+            ref["value"],
+            color=colors[(j + 1) % len(colors)],
+            lw=1.4,
+            gid="reference",
+            linestyle="-" if ref["same_version"] else "--",
+            label=ref["legend"],
+        )
     reached = [r.last_step for r in runs]
     targets = {r.target for r in runs}
     subtitle = f"{len(runs)} seed{'s' if len(runs) != 1 else ''}"
     if any(not r.complete for r in runs):
-        subtitle += f"; reached {fmt_steps(min(reached))}–{fmt_steps(max(reached))} of " \
-                    f"{'/'.join(fmt_steps(t) for t in sorted(t for t in targets if t)) or '?'} steps"
+        subtitle += (
+            f"; reached {fmt_steps(min(reached))}–{fmt_steps(max(reached))} of "
+            f"{'/'.join(fmt_steps(t) for t in sorted(t for t in targets if t)) or '?'} steps"
+        )
     episodes = {r.args.get("eval_episodes") for r in runs}
     ax.set_title(f"{env_id}: SAC deterministic eval return ({subtitle})")
     ax.set_xlabel("environment steps")
@@ -331,10 +352,16 @@ def package_version(name: str) -> str:
 
 def git_commit(repo: Path = REPO) -> str:
     try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True, text=True,
-                                timeout=10, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=repo,
-                               capture_output=True, text=True, timeout=10).stdout.strip()
+        commit = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True, text=True, timeout=10, check=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=repo,
+            capture_output=True,
+            text=True,
+            timeout=10,
+        ).stdout.strip()
         return commit + (" (with uncommitted changes)" if dirty else "")
     except (OSError, subprocess.SubprocessError):
         return "unknown"
@@ -353,10 +380,17 @@ def machine_info(with_gpu: bool = True) -> dict:
                 gpu = ", ".join(torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count()))
         except Exception as e:  # a broken CUDA setup should not stop a report
             gpu = f"unknown ({type(e).__name__})"
-    return {"cpu": cpu_model(), "cpu_count": os.cpu_count(), "gpu": gpu, "platform": platform.platform(),
-            "python": platform.python_version(), "torch": package_version("torch"),
-            "gymnasium": package_version("gymnasium"), "mujoco": package_version("mujoco"),
-            "git_commit": git_commit()}
+    return {
+        "cpu": cpu_model(),
+        "cpu_count": os.cpu_count(),
+        "gpu": gpu,
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "torch": package_version("torch"),
+        "gymnasium": package_version("gymnasium"),
+        "mujoco": package_version("mujoco"),
+        "git_commit": git_commit(),
+    }
 
 
 # ----------------------------------------------------------------------------------------------
@@ -364,24 +398,32 @@ def machine_info(with_gpu: bool = True) -> dict:
 # ----------------------------------------------------------------------------------------------
 
 
-def env_section(env_id: str, runs: list[Run], references: list[dict], png_name: str | None,
-                without_data: list[int] = ()) -> list[str]:
+def env_section(
+    env_id: str, runs: list[Run], references: list[dict], png_name: str | None, without_data: list[int] = ()
+) -> list[str]:
     out = [f"## {env_id}", ""]
     if without_data:
-        out += [f"Seeds planned by the runner without any data yet: {', '.join(map(str, without_data))}; "
-                f"the numbers below cover {len(runs)} seed{'s' if len(runs) != 1 else ''}.", ""]
+        out += [
+            f"Seeds planned by the runner without any data yet: {', '.join(map(str, without_data))}; "
+            f"the numbers below cover {len(runs)} seed{'s' if len(runs) != 1 else ''}.",
+            "",
+        ]
     with_eval = [r for r in runs if r.evals]
     a = runs[0].args
-    out.append(f"Settings (args.json of seed {runs[0].seed}): alpha {a.get('alpha')} (autotune {a.get('autotune')}), "
-               f"policy/q lr {a.get('policy_lr')}/{a.get('q_lr')}, batch {a.get('batch_size')}, "
-               f"learning_starts {a.get('learning_starts')}, tau {a.get('tau')}, gamma {a.get('gamma')}, "
-               f"eval every {a.get('eval_frequency')} steps with {a.get('eval_episodes')} deterministic episodes.")
+    out.append(
+        f"Settings (args.json of seed {runs[0].seed}): alpha {a.get('alpha')} (autotune {a.get('autotune')}), "
+        f"policy/q lr {a.get('policy_lr')}/{a.get('q_lr')}, batch {a.get('batch_size')}, "
+        f"learning_starts {a.get('learning_starts')}, tau {a.get('tau')}, gamma {a.get('gamma')}, "
+        f"eval every {a.get('eval_frequency')} steps with {a.get('eval_episodes')} deterministic episodes."
+    )
     out.append("")
     incomplete = [r for r in runs if not r.complete]
     if incomplete:
-        out.append(f"**Not finished:** {len(incomplete)} of {len(runs)} seeds stopped early: "
-                   + "; ".join(f"seed {r.seed} {reached_label(r)}" for r in incomplete)
-                   + ". Their \"final\" is the last evaluation they reached.")
+        out.append(
+            f"**Not finished:** {len(incomplete)} of {len(runs)} seeds stopped early: "
+            + "; ".join(f"seed {r.seed} {reached_label(r)}" for r in incomplete)
+            + '. Their "final" is the last evaluation they reached.'
+        )
         out.append("")
     if with_eval:
         finals = [r.evals[-1][1] for r in with_eval]
@@ -389,18 +431,29 @@ def env_section(env_id: str, runs: list[Run], references: list[dict], png_name: 
         f_m, f_s = mean_std(finals)
         b_m, b_s = mean_std(bests)
         final_steps = sorted({r.evals[-1][0] for r in with_eval})
-        at = fmt_steps(final_steps[0]) if len(final_steps) == 1 else \
-            f"{fmt_steps(final_steps[0])}–{fmt_steps(final_steps[-1])}"
-        out += ["| | eval return, mean ± std over seeds (ddof=0) | seeds |", "|---|---|---|",
-                f"| final (each seed's last evaluation, at step {at}) | {f_m:.1f} ± {f_s:.1f} | {len(with_eval)} |",
-                f"| best (each seed's best evaluation) | {b_m:.1f} ± {b_s:.1f} | {len(with_eval)} |", ""]
-        out.append("\"Best\" picks the maximum over many evaluations, so it is biased upwards; \"final\" is the "
-                   "number to compare with a final-model result.")
+        at = (
+            fmt_steps(final_steps[0])
+            if len(final_steps) == 1
+            else f"{fmt_steps(final_steps[0])}–{fmt_steps(final_steps[-1])}"
+        )
+        out += [
+            "| | eval return, mean ± std over seeds (ddof=0) | seeds |",
+            "|---|---|---|",
+            f"| final (each seed's last evaluation, at step {at}) | {f_m:.1f} ± {f_s:.1f} | {len(with_eval)} |",
+            f"| best (each seed's best evaluation) | {b_m:.1f} ± {b_s:.1f} | {len(with_eval)} |",
+            "",
+        ]
+        out.append(
+            '"Best" picks the maximum over many evaluations, so it is biased upwards; "final" is the '
+            "number to compare with a final-model result."
+        )
         out.append("")
     else:
         out += ["No evaluation has been logged yet.", ""]
-    out += ["| seed | steps | final eval (step) | best eval (step) | SPS (median of charts/SPS) | wall time (sessions) |",
-            "|---|---|---|---|---|---|"]
+    out += [
+        "| seed | steps | final eval (step) | best eval (step) | SPS (median of charts/SPS) | wall time (sessions) |",
+        "|---|---|---|---|---|---|",
+    ]
     for r in runs:
         if r.evals:
             step, mean, std = r.evals[-1]
@@ -410,19 +463,31 @@ def env_section(env_id: str, runs: list[Run], references: list[dict], png_name: 
         else:
             final = best_s = "–"
         sps = f"{statistics.median(r.sps):.0f}" if r.sps else "–"
-        out.append(f"| {r.seed} | {reached_label(r)} | {final} | {best_s} | {sps} | "
-                   f"{fmt_duration(r.wall_time_s)} ({len(r.sessions)}) |")
-    out += ["", "The ± of a seed's eval is the std over its evaluation episodes. Wall time adds up the time "
-                "between the first and last event of each process (events file), so the time a run was "
-                "stopped is not counted; (n) is the number of processes.", ""]
+        out.append(
+            f"| {r.seed} | {reached_label(r)} | {final} | {best_s} | {sps} | "
+            f"{fmt_duration(r.wall_time_s)} ({len(r.sessions)}) |"
+        )
+    out += [
+        "",
+        "The ± of a seed's eval is the std over its evaluation episodes. Wall time adds up the time "
+        "between the first and last event of each process (events file), so the time a run was "
+        "stopped is not counted; (n) is the number of processes.",
+        "",
+    ]
     refs = references_for(env_id, references)
     if refs:
-        out += ["References (benchmark/references.csv; versions other than this run's are not the same task):", "",
-                "| result | env | value | steps | what | source |", "|---|---|---|---|---|---|"]
+        out += [
+            "References (benchmark/references.csv; versions other than this run's are not the same task):",
+            "",
+            "| result | env | value | steps | what | source |",
+            "|---|---|---|---|---|---|",
+        ]
         for ref in refs:
             value = f"{ref['value']:.1f}" + (f" ± {ref['std']:.1f}" if ref["std"] is not None else "")
-            out.append(f"| {ref['label']} | {ref['env']}-{ref['env_version']} | {value} | {ref.get('steps', '')} | "
-                       f"{ref.get('metric', '')}; {ref.get('note', '')} | {ref['source']} |")
+            out.append(
+                f"| {ref['label']} | {ref['env']}-{ref['env_version']} | {value} | {ref.get('steps', '')} | "
+                f"{ref.get('metric', '')}; {ref.get('note', '')} | {ref['source']} |"
+            )
         out.append("")
     if png_name:
         out += [f"![{env_id}]({png_name})", ""]
@@ -435,8 +500,10 @@ def machine_section(state: dict) -> list[str]:
     if sessions:
         out.append("Recorded by benchmark/run.py each time it started runs:")
         out.append("")
-        out += ["| started | device | CPU | GPU | torch | gymnasium | mujoco | git commit |",
-                "|---|---|---|---|---|---|---|---|"]
+        out += [
+            "| started | device | CPU | GPU | torch | gymnasium | mujoco | git commit |",
+            "|---|---|---|---|---|---|---|---|",
+        ]
         seen = set()
         for s in sessions:
             m = s.get("machine", {})
@@ -444,18 +511,36 @@ def machine_section(state: dict) -> list[str]:
             if key in seen:
                 continue
             seen.add(key)
-            out.append(f"| {s.get('started', '?')} | {s.get('device', '?')} | {m.get('cpu', '?')} ({m.get('cpu_count', '?')} cores) | "
-                       f"{m.get('gpu', '?')} | {m.get('torch', '?')} | {m.get('gymnasium', '?')} | {m.get('mujoco', '?')} | "
-                       f"{m.get('git_commit', '?')} |")
+            out.append(
+                f"| {s.get('started', '?')} | {s.get('device', '?')} | "
+                f"{m.get('cpu', '?')} ({m.get('cpu_count', '?')} cores) | "
+                f"{m.get('gpu', '?')} | {m.get('torch', '?')} | {m.get('gymnasium', '?')} | {m.get('mujoco', '?')} | "
+                f"{m.get('git_commit', '?')} |"
+            )
         out.append("")
     else:
         m = machine_info()
-        out += ["These runs were not started by benchmark/run.py, so the training machine is not recorded. "
-                "The machine that wrote this report:", "",
-                f"- CPU: {m['cpu']} ({m['cpu_count']} cores); GPU: {m['gpu']}",
-                f"- torch {m['torch']}, gymnasium {m['gymnasium']}, mujoco {m['mujoco']}, python {m['python']}",
-                f"- git commit: {m['git_commit']}", ""]
+        out += [
+            "These runs were not started by benchmark/run.py, so the training machine is not recorded. "
+            "The machine that wrote this report:",
+            "",
+            f"- CPU: {m['cpu']} ({m['cpu_count']} cores); GPU: {m['gpu']}",
+            f"- torch {m['torch']}, gymnasium {m['gymnasium']}, mujoco {m['mujoco']}, python {m['python']}",
+            f"- git commit: {m['git_commit']}",
+            "",
+        ]
     return out
+
+
+def shown_path(path: Path) -> str:
+    """The runs directory as the report names it: as given when relative, relative to the current directory
+    when under it, else its name alone; never the absolute path of the machine the report was made on."""
+    if not path.is_absolute():
+        return str(path)
+    try:
+        return str(path.relative_to(Path.cwd()))
+    except ValueError:
+        return path.name
 
 
 def write_report(runs_dir: Path, out_dir: Path | None = None, references_path: Path = DEFAULT_REFERENCES) -> dict:
@@ -475,9 +560,13 @@ def write_report(runs_dir: Path, out_dir: Path | None = None, references_path: P
     paths = {"csv": out_dir / "eval_returns.csv", "markdown": out_dir / "report.md", "png": {}}
     write_csv(runs, paths["csv"])
     state = runner_state(runs_dir)
-    lines = ["# SAC benchmark report", "",
-             f"Runs: `{runs_dir}`; written {_dt.datetime.now().astimezone().isoformat(timespec='seconds')} "
-             f"by benchmark/report.py. Eval curves per seed: `{paths['csv'].name}`.", ""]
+    lines = [
+        "# SAC benchmark report",
+        "",
+        f"Runs: `{shown_path(runs_dir)}`; written {_dt.datetime.now().astimezone().isoformat(timespec='seconds')} "
+        f"by benchmark/report.py. Eval curves per seed: `{paths['csv'].name}`.",
+        "",
+    ]
     planned = state.get("runs", {})
     missing = sorted(set(planned) - {r.name for r in runs})
     if missing:
@@ -489,7 +578,9 @@ def write_report(runs_dir: Path, out_dir: Path | None = None, references_path: P
         plt.close(fig)
         paths["png"][env_id] = png
         have = {r.seed for r in env_runs}
-        without = sorted(int(i["seed"]) for i in planned.values() if i.get("env") == env_id and int(i["seed"]) not in have)
+        without = sorted(
+            int(i["seed"]) for i in planned.values() if i.get("env") == env_id and int(i["seed"]) not in have
+        )
         lines += env_section(env_id, env_runs, references, png.name, without)
     lines += machine_section(state)
     paths["markdown"].write_text("\n".join(lines) + "\n")
@@ -497,14 +588,18 @@ def write_report(runs_dir: Path, out_dir: Path | None = None, references_path: P
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("runs_dir", nargs="?", default="runs/benchmark", help="the runner's --output-dir (default: runs/benchmark)")
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "runs_dir", nargs="?", default="runs/benchmark", help="the runner's --output-dir (default: runs/benchmark)"
+    )
     parser.add_argument("--out", default=None, help="where to write the report (default: <runs_dir>/report)")
     parser.add_argument("--references", default=str(DEFAULT_REFERENCES), help="reference results CSV ('' for none)")
     args = parser.parse_args(argv)
-    paths = write_report(Path(args.runs_dir), Path(args.out) if args.out else None,
-                         Path(args.references) if args.references else None)
+    paths = write_report(
+        Path(args.runs_dir), Path(args.out) if args.out else None, Path(args.references) if args.references else None
+    )
     print(f"wrote {paths['csv']}, {paths['markdown']} and {len(paths['png'])} plot(s)")
     return 0
 

@@ -49,9 +49,16 @@ RUNNER_FAILED, RUNNER_BAD_INPUT, RUNNER_UNFINISHED = 1, 2, 75
 DEFAULT_ENVS = ["Ant-v5", "Humanoid-v5"]
 DEFAULT_SEEDS = [1, 2, 3, 4, 5]
 # flags the runner sets itself; passing them after `--` is refused with the runner option to use
-RESERVED = {"env-id": "--envs", "seed": "--seeds", "run-name": "(fixed: <env>__seed<seed>)",
-            "output-dir": "--output-dir", "resume": "(always auto)", "device": "--device",
-            "total-timesteps": "--total-timesteps", "eval-checkpoint": "(not a training flag)"}
+RESERVED = {
+    "env-id": "--envs",
+    "seed": "--seeds",
+    "run-name": "(fixed: <env>__seed<seed>)",
+    "output-dir": "--output-dir",
+    "resume": "(always auto)",
+    "device": "--device",
+    "total-timesteps": "--total-timesteps",
+    "eval-checkpoint": "(not a training flag)",
+}
 
 
 class BadInput(Exception):
@@ -64,7 +71,8 @@ class BadInput(Exception):
 
 
 def parse_flags(tokens: list[str]) -> list[tuple[str, str | None]]:
-    """['--alpha', '0.2', '--no-autotune', '--tau=0.01'] -> [('alpha', '0.2'), ('no-autotune', None), ('tau', '0.01')]."""
+    """['--alpha', '0.2', '--no-autotune', '--tau=0.01']
+    -> [('alpha', '0.2'), ('no-autotune', None), ('tau', '0.01')]."""
     out: list[tuple[str, str | None]] = []
     i = 0
     while i < len(tokens):
@@ -121,7 +129,9 @@ def check_extras(extras: list[tuple[str, str | None]]) -> None:
         if base_name(name) in RESERVED:
             raise BadInput(f"--{name} is set by the runner; use {RESERVED[base_name(name)]} instead")
         if base_name(name) == "checkpoint-frequency" and value is not None and value.strip() == "0":
-            raise BadInput("--checkpoint-frequency 0 leaves no checkpoint to continue from; the runner needs checkpoints")
+            raise BadInput(
+                "--checkpoint-frequency 0 leaves no checkpoint to continue from; the runner needs checkpoints"
+            )
 
 
 def run_name(env: str, seed: int) -> str:
@@ -253,8 +263,15 @@ def start(cmd: list[str], log_path: Path, threads: int | None) -> subprocess.Pop
     with open(log_path, "a") as log:
         log.write(f"\n=== {now()} $ {' '.join(cmd)}\n")
         log.flush()
-        return subprocess.Popen(cmd, cwd=REPO, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                                env=child_env(threads), start_new_session=True)
+        return subprocess.Popen(
+            cmd,
+            cwd=REPO,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=child_env(threads),
+            start_new_session=True,
+        )
 
 
 def last_line(log_path: Path) -> str:
@@ -300,8 +317,12 @@ class Stopper:
     def _handle(self, signum, frame):
         self.count += 1
         if self.count == 1:
-            print(f"\n{signal.Signals(signum).name}: each running run writes a checkpoint and exits; "
-                  f"no new runs start (again to stop them at once)", file=sys.stderr, flush=True)
+            print(
+                f"\n{signal.Signals(signum).name}: each running run writes a checkpoint and exits; "
+                f"no new runs start (again to stop them at once)",
+                file=sys.stderr,
+                flush=True,
+            )
         for proc in list(self.children.values()):
             if proc.poll() is None:
                 with contextlib.suppress(ProcessLookupError):
@@ -342,8 +363,10 @@ def summary(specs: list[Spec], out: Path, state: State, live: dict[str, subproce
         rows.append((spec.name, status, f"{steps:,}", f"{spec.target:,}", note))
     header = ("run", "status", "steps", "of", "note")
     widths = [max(len(str(r[i])) for r in rows + [header]) for i in range(4)]
-    lines = ["  ".join(str(c).ljust(w) for c, w in zip(r[:4], widths)) + ("  " + r[4] if r[4] else "")
-             for r in [header] + rows]
+    lines = [
+        "  ".join(str(c).ljust(w) for c, w in zip(r[:4], widths)) + ("  " + r[4] if r[4] else "")
+        for r in [header] + rows
+    ]
     lines.append("totals: " + ", ".join(f"{n} {k}" for k, n in sorted(counts.items())))
     return "\n".join(lines)
 
@@ -354,9 +377,24 @@ def summary(specs: list[Spec], out: Path, state: State, live: dict[str, subproce
 
 
 def command(spec: Spec, out: Path) -> list[str]:
-    return [sys.executable, str(SCRIPT), "--env-id", spec.env, "--seed", str(spec.seed),
-            "--run-name", spec.name, "--output-dir", str(out), "--resume", "auto",
-            "--device", spec.device, "--total-timesteps", str(spec.target)] + to_tokens(spec.flags)
+    return [
+        sys.executable,
+        str(SCRIPT),
+        "--env-id",
+        spec.env,
+        "--seed",
+        str(spec.seed),
+        "--run-name",
+        spec.name,
+        "--output-dir",
+        str(out),
+        "--resume",
+        "auto",
+        "--device",
+        spec.device,
+        "--total-timesteps",
+        str(spec.target),
+    ] + to_tokens(spec.flags)
 
 
 def set_aside(run_dir: Path, out: Path) -> Path:
@@ -405,13 +443,23 @@ def run_all(args, specs: list[Spec], out: Path) -> int:
     threads = default_threads(args.jobs, args.threads)
     if queue:
         devices = sorted({s.device for s in queue})
-        state.data["sessions"].append({"started": now(), "device": ",".join(devices), "jobs": args.jobs,
-                                       "threads": threads, "argv": sys.argv[1:],
-                                       "machine": report.machine_info(with_gpu=devices != ["cpu"])})
+        state.data["sessions"].append(
+            {
+                "started": now(),
+                "device": ",".join(devices),
+                "jobs": args.jobs,
+                "threads": threads,
+                "argv": sys.argv[1:],
+                "machine": report.machine_info(with_gpu=devices != ["cpu"]),
+            }
+        )
         state.save()
-        print(f"{len(queue)} run(s) to go, {args.jobs} at a time"
-              + (f", {threads} CPU thread(s) each" if threads else "") + f"; logs in {out / report.RUNNER_DIR / 'logs'}",
-              flush=True)
+        print(
+            f"{len(queue)} run(s) to go, {args.jobs} at a time"
+            + (f", {threads} CPU thread(s) each" if threads else "")
+            + f"; logs in {out / report.RUNNER_DIR / 'logs'}",
+            flush=True,
+        )
 
     live: dict[str, subprocess.Popen] = {}
     started_at: dict[str, float] = {}
@@ -445,7 +493,9 @@ def run_all(args, specs: list[Spec], out: Path) -> int:
     statuses = []
     for spec in specs:
         ckpt = report.checkpoint_step(out / spec.name)
-        statuses.append("done" if ckpt is not None and ckpt >= spec.target else state.run(spec.name).get("status", "pending"))
+        statuses.append(
+            "done" if ckpt is not None and ckpt >= spec.target else state.run(spec.name).get("status", "pending")
+        )
     if any(s in ("failed", "diverged") for s in statuses):
         return RUNNER_FAILED
     return 0 if all(s == "done" for s in statuses) else RUNNER_UNFINISHED
@@ -456,12 +506,23 @@ def launch(spec: Spec, out: Path, state: State, threads: int | None) -> subproce
     ckpt = report.checkpoint_step(run_dir)
     if ckpt is None and run_dir.is_dir() and any(run_dir.iterdir()):
         dest = set_aside(run_dir, out)
-        print(f"[{spec.name}] had no checkpoint (stopped before its first one): moved to {dest}; starting over", flush=True)
+        print(
+            f"[{spec.name}] had no checkpoint (stopped before its first one): moved to {dest}; starting over",
+            flush=True,
+        )
     log_path = out / report.RUNNER_DIR / "logs" / f"{spec.name}.log"
     proc = start(command(spec, out), log_path, threads)
     info = state.run(spec.name)
-    info.update(status="running", pid=proc.pid, device=spec.device, started=now(), exit_code=None, message="",
-                launches=info.get("launches", 0) + 1, log=str(log_path.relative_to(out)))
+    info.update(
+        status="running",
+        pid=proc.pid,
+        device=spec.device,
+        started=now(),
+        exit_code=None,
+        message="",
+        launches=info.get("launches", 0) + 1,
+        log=str(log_path.relative_to(out)),
+    )
     state.save()
     where = f"from step {ckpt:,}" if ckpt is not None else "from step 0"
     print(f"[{spec.name}] started {where} (pid {proc.pid}, device {spec.device})", flush=True)
@@ -480,13 +541,18 @@ def finish(name: str, code: int, out: Path, state: State, seconds: float) -> Non
     info.update(status=status, exit_code=code, pid=None, checkpoint_step=ckpt, ended=now(), message=message)
     state.save()
     steps = f"step {ckpt:,}" if ckpt is not None else "no checkpoint"
-    word, hint = {"done": ("done", ""), "interrupted": ("interrupted", "checkpoint written, re-run to continue"),
-                  "diverged": ("DIVERGED (exit 3)", last_line(log_path)),
-                  "failed": (f"FAILED (exit {code})", last_line(log_path)),
-                  "aborted": ("aborted (exit 130)", "re-run continues from the last checkpoint"),
-                  "killed": (f"killed by signal {-code}", "re-run continues from the last checkpoint"),
-                  "incomplete": ("exited 0 before its target", "")}[status]
-    print(f"[{name}] {word} at {steps} after {report.fmt_duration(seconds)}" + (f"; {hint}" if hint else ""), flush=True)
+    word, hint = {
+        "done": ("done", ""),
+        "interrupted": ("interrupted", "checkpoint written, re-run to continue"),
+        "diverged": ("DIVERGED (exit 3)", last_line(log_path)),
+        "failed": (f"FAILED (exit {code})", last_line(log_path)),
+        "aborted": ("aborted (exit 130)", "re-run continues from the last checkpoint"),
+        "killed": (f"killed by signal {-code}", "re-run continues from the last checkpoint"),
+        "incomplete": ("exited 0 before its target", ""),
+    }[status]
+    print(
+        f"[{name}] {word} at {steps} after {report.fmt_duration(seconds)}" + (f"; {hint}" if hint else ""), flush=True
+    )
 
 
 # ----------------------------------------------------------------------------------------------
@@ -511,14 +577,19 @@ def throughput_probe(args, configs: dict, extras: list[tuple[str, str | None]]) 
     levels = sorted({int(k) for k in args.throughput_probe.split(",") if k.strip()})
     if not levels or min(levels) < 1:
         raise BadInput(f"--throughput-probe takes concurrency levels such as 1,2,4,8, got '{args.throughput_probe}'")
-    base = merge_flags(config_for(configs, env), [("learning-starts", str(args.probe_learning_starts)),
-                                                   ("eval-frequency", "0"), ("eval-episodes", "1")],
-                       [(n, v) for n, v in extras if base_name(n) != "checkpoint-frequency"])
+    base = merge_flags(
+        config_for(configs, env),
+        [("learning-starts", str(args.probe_learning_starts)), ("eval-frequency", "0"), ("eval-episodes", "1")],
+        [(n, v) for n, v in extras if base_name(n) != "checkpoint-frequency"],
+    )
     learning_starts = int(dict((base_name(n), v) for n, v in base)["learning-starts"])
     target = learning_starts + args.probe_steps
     flags = [(n, v) for n, v in base if base_name(n) != "total-timesteps"] + [("checkpoint-frequency", "0")]
-    print(f"throughput probe: {env}, device {args.device}, {args.probe_steps} training steps per run after "
-          f"{learning_starts} random ones; k runs at once", flush=True)
+    print(
+        f"throughput probe: {env}, device {args.device}, {args.probe_steps} training steps per run after "
+        f"{learning_starts} random ones; k runs at once",
+        flush=True,
+    )
     results = []
     live: dict[str, subprocess.Popen] = {}
     with Stopper(live) as stopper, tempfile.TemporaryDirectory(prefix="sac-probe-") as tmp:
@@ -544,10 +615,13 @@ def throughput_probe(args, configs: dict, extras: list[tuple[str, str | None]]) 
             if any(v is None for v in per_run):
                 print(f"  k={k}: too few charts/SPS points to time; raise --probe-steps", file=sys.stderr)
                 return RUNNER_FAILED
-            results.append({"k": k, "per_run_sps": per_run, "total_sps": sum(per_run), "wall_s": wall,
-                            "threads": threads})
-            print(f"  k={k}: total {sum(per_run):.0f} SPS ({', '.join(f'{v:.0f}' for v in per_run)}), "
-                  f"wall {wall:.0f}s", flush=True)
+            results.append(
+                {"k": k, "per_run_sps": per_run, "total_sps": sum(per_run), "wall_s": wall, "threads": threads}
+            )
+            print(
+                f"  k={k}: total {sum(per_run):.0f} SPS ({', '.join(f'{v:.0f}' for v in per_run)}), wall {wall:.0f}s",
+                flush=True,
+            )
     if not results:
         return RUNNER_UNFINISHED
     one = results[0]["total_sps"]
@@ -555,13 +629,23 @@ def throughput_probe(args, configs: dict, extras: list[tuple[str, str | None]]) 
     print("|---|---|---|---|---|")
     for r in results:
         median = sorted(r["per_run_sps"])[len(r["per_run_sps"]) // 2]
-        print(f"| {r['k']} | {r['total_sps']:.0f} | {median:.0f} | {r['total_sps'] / one:.2f}x | {r['threads'] or os.environ.get('OMP_NUM_THREADS', 'default')} |")
+        print(
+            f"| {r['k']} | {r['total_sps']:.0f} | {median:.0f} | {r['total_sps'] / one:.2f}x | "
+            f"{r['threads'] or os.environ.get('OMP_NUM_THREADS', 'default')} |"
+        )
     m = report.machine_info(with_gpu=args.device != "cpu")
-    print(f"\n{env}, device {args.device}, {m['cpu']} ({m['cpu_count']} cores), GPU {m['gpu']}, torch {m['torch']}. "
-          "SPS after learning starts, from the wall times of each run's first and last charts/SPS point.")
+    print(
+        f"\n{env}, device {args.device}, {m['cpu']} ({m['cpu_count']} cores), GPU {m['gpu']}, torch {m['torch']}. "
+        "SPS after learning starts, from the wall times of each run's first and last charts/SPS point."
+    )
     if args.probe_json:
-        Path(args.probe_json).write_text(json.dumps({"env": env, "device": args.device, "machine": m,
-                                                     "probe_steps": args.probe_steps, "results": results}, indent=1) + "\n")
+        Path(args.probe_json).write_text(
+            json.dumps(
+                {"env": env, "device": args.device, "machine": m, "probe_steps": args.probe_steps, "results": results},
+                indent=1,
+            )
+            + "\n"
+        )
     return RUNNER_UNFINISHED if stopper.count else 0
 
 
@@ -573,29 +657,50 @@ def throughput_probe(args, configs: dict, extras: list[tuple[str, str | None]]) 
 def parse(argv: list[str]) -> tuple[argparse.Namespace, list[tuple[str, str | None]]]:
     if "--" in argv:
         i = argv.index("--")
-        argv, extra_tokens = argv[:i], argv[i + 1:]
+        argv, extra_tokens = argv[:i], argv[i + 1 :]
     else:
         extra_tokens = []
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                epilog="Flags after `--` go to sac_continuous.py (see its --help).",
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0],
+        epilog="Flags after `--` go to sac_continuous.py (see its --help).",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("--envs", nargs="+", default=DEFAULT_ENVS, help="environments (default: %(default)s)")
     p.add_argument("--seeds", nargs="+", type=int, default=DEFAULT_SEEDS, help="seeds (default: %(default)s)")
-    p.add_argument("--jobs", type=int, default=1,
-                   help="runs at once (default 1; the best value for one GPU is not measured yet, see --throughput-probe)")
-    p.add_argument("--device", default="auto",
-                   help="passed to the script: auto, cpu, cuda, cuda:1, mps; a comma list (cuda:0,cuda:1) deals runs out in turn")
-    p.add_argument("--threads", type=int, default=None,
-                   help="CPU threads per run (OMP_NUM_THREADS); default: the cores divided by --jobs when --jobs > 1")
+    p.add_argument(
+        "--jobs",
+        type=int,
+        default=1,
+        help="runs at once (default 1; the best value for one GPU is not measured yet, see --throughput-probe)",
+    )
+    p.add_argument(
+        "--device",
+        default="auto",
+        help="passed to the script: auto, cpu, cuda, cuda:1, mps; a comma list (cuda:0,cuda:1) deals runs out in turn",
+    )
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="CPU threads per run (OMP_NUM_THREADS); default: the cores divided by --jobs when --jobs > 1",
+    )
     p.add_argument("--output-dir", default="runs/benchmark", help="where the run directories go (default: %(default)s)")
-    p.add_argument("--total-timesteps", type=int, default=None,
-                   help="steps per run instead of configs.json's; a larger value extends finished runs")
+    p.add_argument(
+        "--total-timesteps",
+        type=int,
+        default=None,
+        help="steps per run instead of configs.json's; a larger value extends finished runs",
+    )
     p.add_argument("--configs", default=str(CONFIGS), help="per-environment settings (default: benchmark/configs.json)")
     p.add_argument("--status", action="store_true", help="print which runs are done / running / pending and exit")
     p.add_argument("--retry-failed", action="store_true", help="start diverged runs again (from their last checkpoint)")
     p.add_argument("--summary-every", type=float, default=300, help="seconds between progress summaries (0: none)")
-    p.add_argument("--throughput-probe", default=None, metavar="K,K,...",
-                   help="instead of the benchmark: run K short runs of the first --envs at once for each K and print total SPS")
+    p.add_argument(
+        "--throughput-probe",
+        default=None,
+        metavar="K,K,...",
+        help="instead of the benchmark: run K short runs of the first --envs at once for each K and print total SPS",
+    )
     p.add_argument("--probe-steps", type=int, default=5000, help="training steps per probe run after learning starts")
     p.add_argument("--probe-learning-starts", type=int, default=1000, help="random steps before learning in probe runs")
     p.add_argument("--probe-json", default=None, help="also write the probe's numbers to this JSON file")
@@ -617,8 +722,11 @@ def main(argv: list[str] | None = None) -> int:
         configs = load_configs(Path(args.configs))
         for env in args.envs:
             if env not in configs.get("envs", {}):
-                print(f"note: {env} has no entry in {Path(args.configs).name}; it gets the common settings and the "
-                      f"script's defaults", file=sys.stderr)
+                print(
+                    f"note: {env} has no entry in {Path(args.configs).name}; it gets the common settings and the "
+                    f"script's defaults",
+                    file=sys.stderr,
+                )
         if args.throughput_probe:
             return throughput_probe(args, configs, extras)
         out = Path(args.output_dir).resolve()

@@ -18,8 +18,9 @@ def run_script(*args: str, cwd: Path, timeout: float = 300) -> subprocess.Comple
     """python sac_continuous.py ARGS in cwd (so the default --output-dir runs/ lands there). One
     OpenMP thread: the machine may be shared, and one thread is as fast for these small networks."""
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
-    return subprocess.run([sys.executable, str(SCRIPT), *args], cwd=cwd, env=env, capture_output=True,
-                          text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, str(SCRIPT), *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout
+    )
 
 
 @pytest.fixture

@@ -39,19 +39,49 @@ def _load(name: str, path: Path):
 bench_run = _load("benchmark_run", BENCH / "run.py")  # not as "run", a name too common to claim
 
 SEEDS = ["1", "2"]
-TINY = ["--learning-starts", "500", "--eval-frequency", "500", "--eval-episodes", "2",
-        "--batch-size", "64", "--buffer-size", "5000"]
+TINY = [
+    "--learning-starts",
+    "500",
+    "--eval-frequency",
+    "500",
+    "--eval-episodes",
+    "2",
+    "--batch-size",
+    "64",
+    "--buffer-size",
+    "5000",
+]
 
 
 def runner(out: Path, *options: str, script_flags=TINY, timeout=300) -> subprocess.CompletedProcess:
-    cmd = [sys.executable, str(BENCH / "run.py"), "--envs", "Pendulum-v1", "--seeds", *SEEDS, "--jobs", "2",
-           "--threads", "1", "--device", "cpu", "--output-dir", str(out), *options, "--", *script_flags]
+    cmd = [
+        sys.executable,
+        str(BENCH / "run.py"),
+        "--envs",
+        "Pendulum-v1",
+        "--seeds",
+        *SEEDS,
+        "--jobs",
+        "2",
+        "--threads",
+        "1",
+        "--device",
+        "cpu",
+        "--output-dir",
+        str(out),
+        *options,
+        "--",
+        *script_flags,
+    ]
     return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=ROOT)
 
 
 def snapshot(directory: Path) -> dict:
-    return {str(p.relative_to(directory)): (p.stat().st_mtime_ns, p.stat().st_size)
-            for p in sorted(directory.rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(directory)): (p.stat().st_mtime_ns, p.stat().st_size)
+        for p in sorted(directory.rglob("*"))
+        if p.is_file()
+    }
 
 
 def events_files(run_dir: Path) -> list[Path]:
@@ -74,8 +104,17 @@ def tiny(tmp_path_factory):
     after_again = {d.name: snapshot(d) for d in run_dirs(out)}
     events_before = {d.name: events_files(d) for d in run_dirs(out)}
     extended = runner(out, "--total-timesteps", "1500")
-    return {"out": out, "first": first, "ckpt_first": ckpt_first, "again": again, "extended": extended, "after_first": after_first,
-            "after_again": after_again, "state_first": state_first, "events_before": events_before}
+    return {
+        "out": out,
+        "first": first,
+        "ckpt_first": ckpt_first,
+        "again": again,
+        "extended": extended,
+        "after_first": after_first,
+        "after_again": after_again,
+        "state_first": state_first,
+        "events_before": events_before,
+    }
 
 
 def test_first_invocation_trains_every_seed_to_the_total(tiny):
@@ -114,9 +153,27 @@ def test_larger_total_continues_each_run_from_its_checkpoint(tiny):
 
 
 def test_status_lists_every_run_with_its_steps(tiny):
-    out = subprocess.run([sys.executable, str(BENCH / "run.py"), "--envs", "Pendulum-v1", "--seeds", "1", "2", "3",
-                          "--output-dir", str(tiny["out"]), "--total-timesteps", "1500", "--status"],
-                         capture_output=True, text=True, timeout=120, cwd=ROOT)
+    out = subprocess.run(
+        [
+            sys.executable,
+            str(BENCH / "run.py"),
+            "--envs",
+            "Pendulum-v1",
+            "--seeds",
+            "1",
+            "2",
+            "3",
+            "--output-dir",
+            str(tiny["out"]),
+            "--total-timesteps",
+            "1500",
+            "--status",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=ROOT,
+    )
     assert out.returncode == 0, out.stderr
     rows = {line.split()[0]: line.split() for line in out.stdout.splitlines() if line.startswith("Pendulum")}
     assert rows["Pendulum-v1__seed1"][1:4] == ["done", "1,500", "1,500"]
@@ -127,18 +184,22 @@ def test_status_lists_every_run_with_its_steps(tiny):
 @pytest.fixture(scope="module")
 def written_report(tiny, tmp_path_factory):
     refs = tmp_path_factory.mktemp("refs") / "references.csv"
-    refs.write_text("env,env_version,label,value,std,steps,metric,source,note\n"
-                    "Pendulum,v1,same version,-1200,50,1500,test,written by the test,\n"
-                    "Pendulum,v0,older version,-1300,,1500,test,written by the test,\n"
-                    "Ant,v5,another env,3000,10,1000000,test,written by the test,\n")
+    refs.write_text(
+        "env,env_version,label,value,std,steps,metric,source,note\n"
+        "Pendulum,v1,same version,-1200,50,1500,test,written by the test,\n"
+        "Pendulum,v0,older version,-1300,,1500,test,written by the test,\n"
+        "Ant,v5,another env,3000,10,1000000,test,written by the test,\n"
+    )
     paths = report.write_report(tiny["out"], tiny["out"].parent / "report", refs)
     return paths, refs
 
 
 def eval_lines(log: Path) -> dict[int, float]:
     """'step 500: eval return -1503.2 ± 48.8 over 2 episodes' printed by the training script."""
-    return {int(m.group(1)): float(m.group(2))
-            for m in re.finditer(r"step (\d+): eval return (-?[\d.]+) ±", log.read_text())}
+    return {
+        int(m.group(1)): float(m.group(2))
+        for m in re.finditer(r"step (\d+): eval return (-?[\d.]+) ±", log.read_text())
+    }
 
 
 def test_report_csv_has_one_row_per_seed_and_evaluation(tiny, written_report):
@@ -155,6 +216,15 @@ def test_report_csv_has_one_row_per_seed_and_evaluation(tiny, written_report):
                 assert r["env"] == "Pendulum-v1"
                 assert float(r["mean_return"]) == pytest.approx(printed[int(r["step"])], abs=0.051)
                 assert math.isfinite(float(r["std_return"]))
+
+
+def test_report_names_the_runs_directory_relative_not_absolute(tiny, written_report):
+    paths, _ = written_report
+    text = paths["markdown"].read_text()
+    assert str(tiny["out"]) not in text  # the machine's absolute path would leak into a committed report
+    assert f"Runs: `{tiny['out'].name}`;" in text  # outside the current directory: its name alone
+    assert report.shown_path(Path("runs/benchmark")) == "runs/benchmark"
+    assert report.shown_path(Path.cwd() / "runs" / "benchmark") == str(Path("runs/benchmark"))
 
 
 def test_report_png_is_a_readable_image(written_report):
@@ -206,13 +276,39 @@ def test_report_markdown_lists_each_seed_and_the_environment(tiny, written_repor
 def test_ctrl_c_is_forwarded_once_so_every_run_checkpoints(tmp_path):
     out = tmp_path / "runs"
     logs = [out / "_runner" / "logs" / f"Pendulum-v1__seed{s}.log" for s in SEEDS]
-    flags = ["--learning-starts", "1000000", "--eval-frequency", "1000", "--eval-episodes", "1", "--buffer-size", "5000"]
-    cmd = [sys.executable, str(BENCH / "run.py"), "--envs", "Pendulum-v1", "--seeds", *SEEDS, "--jobs", "2",
-           "--threads", "1", "--device", "cpu", "--output-dir", str(out), "--", *flags]
+    flags = [
+        "--learning-starts",
+        "1000000",
+        "--eval-frequency",
+        "1000",
+        "--eval-episodes",
+        "1",
+        "--buffer-size",
+        "5000",
+    ]
+    cmd = [
+        sys.executable,
+        str(BENCH / "run.py"),
+        "--envs",
+        "Pendulum-v1",
+        "--seeds",
+        *SEEDS,
+        "--jobs",
+        "2",
+        "--threads",
+        "1",
+        "--device",
+        "cpu",
+        "--output-dir",
+        str(out),
+        "--",
+        *flags,
+    ]
     # its own process group, signalled as a whole below, like a terminal's Ctrl-C: the runs must not
     # get that SIGINT as well as the runner's, or they would quit without a checkpoint (exit 130)
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT,
-                            start_new_session=True)
+    proc = subprocess.Popen(
+        cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT, start_new_session=True
+    )
     try:
         deadline = time.time() + 120
         while not all(p.exists() and "step 1000: eval" in p.read_text() for p in logs):  # both are training
@@ -263,8 +359,23 @@ def test_exit_codes_are_reported_and_diverged_runs_are_not_retried(tmp_path, mon
     monkeypatch.setattr(bench_run, "SCRIPT", fake)
     monkeypatch.setenv("FAKE_LAUNCHES", str(launches))
     out = tmp_path / "runs"
-    argv = ["--envs", "Pendulum-v1", "--seeds", "1", "2", "3", "4", "--jobs", "4", "--device", "cpu",
-            "--output-dir", str(out), "--total-timesteps", "100"]
+    argv = [
+        "--envs",
+        "Pendulum-v1",
+        "--seeds",
+        "1",
+        "2",
+        "3",
+        "4",
+        "--jobs",
+        "4",
+        "--device",
+        "cpu",
+        "--output-dir",
+        str(out),
+        "--total-timesteps",
+        "100",
+    ]
 
     assert bench_run.main(argv) == 1  # a failure and a divergence
     state = json.loads((out / "_runner" / "state.json").read_text())["runs"]
@@ -300,8 +411,21 @@ def test_runner_refuses_flags_it_sets_itself(tmp_path, capsys):
 
 
 def test_settings_are_the_design_notebook_ones_and_script_flags_override_them(tmp_path):
-    args, extras = bench_run.parse(["--envs", "Ant-v5", "Humanoid-v5", "--seeds", "1", "--device", "cuda:0,cuda:1",
-                                    "--", "--q-lr", "1e-3", "--no-autotune"])
+    args, extras = bench_run.parse(
+        [
+            "--envs",
+            "Ant-v5",
+            "Humanoid-v5",
+            "--seeds",
+            "1",
+            "--device",
+            "cuda:0,cuda:1",
+            "--",
+            "--q-lr",
+            "1e-3",
+            "--no-autotune",
+        ]
+    )
     specs = bench_run.plan(args, bench_run.load_configs(bench_run.CONFIGS), extras)
     commands = {s.env: bench_run.command(s, tmp_path) for s in specs}
 
@@ -338,10 +462,31 @@ def test_references_name_a_source_and_version_for_every_number():
 
 def test_throughput_probe_times_k_concurrent_runs(tmp_path):
     result = tmp_path / "probe.json"
-    code = bench_run.main(["--envs", "Pendulum-v1", "--throughput-probe", "1,2", "--probe-steps", "60",
-                           "--probe-learning-starts", "64", "--threads", "1", "--device", "cpu",
-                           "--probe-json", str(result), "--", "--batch-size", "32", "--buffer-size", "2000",
-                           "--log-frequency", "10"])
+    code = bench_run.main(
+        [
+            "--envs",
+            "Pendulum-v1",
+            "--throughput-probe",
+            "1,2",
+            "--probe-steps",
+            "60",
+            "--probe-learning-starts",
+            "64",
+            "--threads",
+            "1",
+            "--device",
+            "cpu",
+            "--probe-json",
+            str(result),
+            "--",
+            "--batch-size",
+            "32",
+            "--buffer-size",
+            "2000",
+            "--log-frequency",
+            "10",
+        ]
+    )
     assert code == 0
     data = json.loads(result.read_text())
     assert [r["k"] for r in data["results"]] == [1, 2]

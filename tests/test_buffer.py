@@ -22,7 +22,9 @@ def fill(rb, steps, episode_len, num_envs=1):
         final = np.stack([np.arange(num_envs), np.full(num_envs, t)], 1).astype(np.float32)
         reset = np.stack([np.arange(num_envs), np.full(num_envs, -t)], 1).astype(np.float32)
         next_obs = np.where(done[:, None], reset, final)  # what a SAME_STEP autoreset vector env returns
-        rb.add(np.full((num_envs, 1), t, np.float32), np.full(num_envs, t, np.float32), terminated, final, done, next_obs)
+        rb.add(
+            np.full((num_envs, 1), t, np.float32), np.full(num_envs, t, np.float32), terminated, final, done, next_obs
+        )
     return lengths
 
 
@@ -113,8 +115,14 @@ def test_sample_shapes_and_dtypes():
     rb = sac.ReplayBuffer(100, 2, 3, 2, seed=0)
     rb.start(np.zeros((2, 3), np.float32))
     for _ in range(30):
-        rb.add(np.ones((2, 2), np.float32), np.ones(2, np.float32), np.zeros(2, bool), np.ones((2, 3), np.float32),
-               np.zeros(2, bool), np.ones((2, 3), np.float32))
+        rb.add(
+            np.ones((2, 2), np.float32),
+            np.ones(2, np.float32),
+            np.zeros(2, bool),
+            np.ones((2, 3), np.float32),
+            np.zeros(2, bool),
+            np.ones((2, 3), np.float32),
+        )
     obs, actions, rewards, terms, next_obs = rb.sample(32)
     assert obs.shape == next_obs.shape == (32, 3) and actions.shape == (32, 2)
     assert rewards.shape == terms.shape == (32,)
@@ -133,8 +141,10 @@ def test_sampling_is_reproducible_from_the_seed():
 
 def test_real_next_observations_uses_final_obs_only_where_done():
     next_obs = np.array([[1.0], [2.0], [3.0]])
-    infos = {"final_obs": np.array([None, np.array([9.0]), None], dtype=object),
-             "_final_obs": np.array([False, True, False])}
+    infos = {
+        "final_obs": np.array([None, np.array([9.0]), None], dtype=object),
+        "_final_obs": np.array([False, True, False]),
+    }
     real = sac.real_next_observations(next_obs, np.array([False, True, False]), infos)
     assert real.tolist() == [[1.0], [9.0], [3.0]]
     assert next_obs.tolist() == [[1.0], [2.0], [3.0]]  # the reset observation is kept for the next step
@@ -147,9 +157,28 @@ def test_truncated_transition_stores_the_real_final_observation(run, tmp_path):
     slot after the truncated step must hold the real final observation, not the reset one, and the
     truncation must not be stored as a termination."""
     seed = 3
-    res = run("--env-id", "Pendulum-v1", "--num-envs", "2", "--total-timesteps", "500", "--buffer-size", "1000",
-              "--learning-starts", "1000", "--checkpoint-frequency", "500", "--eval-episodes", "1",
-              "--device", "cpu", "--run-name", "t", "--seed", str(seed))
+    res = run(
+        "--env-id",
+        "Pendulum-v1",
+        "--num-envs",
+        "2",
+        "--total-timesteps",
+        "500",
+        "--buffer-size",
+        "1000",
+        "--learning-starts",
+        "1000",
+        "--checkpoint-frequency",
+        "500",
+        "--eval-episodes",
+        "1",
+        "--device",
+        "cpu",
+        "--run-name",
+        "t",
+        "--seed",
+        str(seed),
+    )
     assert res.returncode == 0, res.stderr
     ckpt = tmp_path / "runs" / "t" / "checkpoints"
     buf = ckpt / (ckpt / "latest").read_text().strip() / "buffer"

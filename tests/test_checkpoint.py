@@ -37,9 +37,26 @@ import sac_continuous as sac  # noqa: E402
 RUN = "r"  # every run here is runs/r under its own working directory
 LEARNING_STARTS, MID, TOTAL = 300, 477, 700  # MID: the checkpoint step, mid-episode for both envs
 # buffer 400 < MID: the ring has wrapped around before MID, so saving and loading a wrapped buffer is covered
-EXACT_FLAGS = ["--learning-starts", str(LEARNING_STARTS), "--batch-size", "64", "--buffer-size", "400",
-               "--eval-frequency", "0", "--eval-episodes", "1", "--checkpoint-frequency", str(MID),
-               "--log-frequency", "10", "--device", "cpu", "--run-name", RUN]
+EXACT_FLAGS = [
+    "--learning-starts",
+    str(LEARNING_STARTS),
+    "--batch-size",
+    "64",
+    "--buffer-size",
+    "400",
+    "--eval-frequency",
+    "0",
+    "--eval-episodes",
+    "1",
+    "--checkpoint-frequency",
+    str(MID),
+    "--log-frequency",
+    "10",
+    "--device",
+    "cpu",
+    "--run-name",
+    RUN,
+]
 BASE_FLAGS = ["--device", "cpu", "--eval-frequency", "0", "--eval-episodes", "1", "--run-name", RUN]
 
 
@@ -58,8 +75,9 @@ def start(cwd: Path, *flags: str, script: Path = SCRIPT, env: dict | None = None
     cwd.mkdir(parents=True, exist_ok=True)
     n = len(list(cwd.glob("stderr_*.txt")))
     with open(cwd / f"stdout_{n}.txt", "w") as out, open(cwd / f"stderr_{n}.txt", "w") as err:
-        proc = subprocess.Popen([sys.executable, str(script), *flags], cwd=cwd, env=env or child_env(),
-                                stdout=out, stderr=err)
+        proc = subprocess.Popen(
+            [sys.executable, str(script), *flags], cwd=cwd, env=env or child_env(), stdout=out, stderr=err
+        )
     proc.stderr_path = cwd / f"stderr_{n}.txt"
     return proc
 
@@ -131,8 +149,10 @@ def assert_complete_checkpoint(ckpt: Path) -> dict:
 
 def tree(root: Path) -> dict[str, str]:
     """Every path under root with a hash of its bytes: equal trees mean nothing was written."""
-    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest() if p.is_file() else "dir"
-            for p in sorted(root.rglob("*"))}
+    return {
+        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest() if p.is_file() else "dir"
+        for p in sorted(root.rglob("*"))
+    }
 
 
 def scalars(run_dir: Path) -> dict[str, list[tuple[int, float]]]:
@@ -195,7 +215,11 @@ def diff(a, b, path: str = "", ignore=lambda path: False) -> list[str]:
         return [d for i, (x, y) in enumerate(zip(a, b)) for d in diff(x, y, f"{path}/{i}", ignore)]
     if isinstance(a, torch.Tensor):
         x, y = a.detach().cpu(), b.detach().cpu()
-        if x.dtype != y.dtype or x.shape != y.shape or x.contiguous().numpy().tobytes() != y.contiguous().numpy().tobytes():
+        if (
+            x.dtype != y.dtype
+            or x.shape != y.shape
+            or x.contiguous().numpy().tobytes() != y.contiguous().numpy().tobytes()
+        ):
             return [f"{path}: tensors differ"]
         return []
     if isinstance(a, float):
@@ -224,7 +248,9 @@ def assert_same_checkpoint(ckpt_a: Path, ckpt_b: Path, ignore=wall_clock) -> Non
     assert files_a == sorted(p.name for p in (ckpt_b / "buffer").iterdir())
     assert len(files_a) == len(sac.ReplayBuffer.ARRAYS)
     for name in files_a:
-        assert (ckpt_a / "buffer" / name).read_bytes() == (ckpt_b / "buffer" / name).read_bytes(), f"buffer/{name} differs"
+        assert (ckpt_a / "buffer" / name).read_bytes() == (ckpt_b / "buffer" / name).read_bytes(), (
+            f"buffer/{name} differs"
+        )
 
 
 def assert_same_model_file(path_a: Path, path_b: Path) -> None:
@@ -269,8 +295,15 @@ def exact_runs(tmp_path_factory):
             shutil.copytree(split_run, mid_copy)  # the finished MID run, before it is extended
             second = run(base / "split", *flags, "--total-timesteps", str(TOTAL), "--resume", "auto")
             assert_ok(second)
-            _EXACT[env_id] = SimpleNamespace(flags=flags, ref=base / "ref" / "runs" / RUN, split=split_run,
-                                             mid_copy=mid_copy, first=first, second=second, base=base)
+            _EXACT[env_id] = SimpleNamespace(
+                flags=flags,
+                ref=base / "ref" / "runs" / RUN,
+                split=split_run,
+                mid_copy=mid_copy,
+                first=first,
+                second=second,
+                base=base,
+            )
         return _EXACT[env_id]
 
     yield get
@@ -314,7 +347,9 @@ def test_extending_a_finished_run_continues_from_its_step(exact_runs):
     events = sorted(r.split.glob("events.out.tfevents.*"))
     assert len(events) == 2
     # the resumed process logged only what came after MID (a fresh start would log from step 1)
-    resumed_steps = raw_scalar_steps(events[1], "losses/qf_loss") + raw_scalar_steps(events[1], "charts/episodic_return")
+    resumed_steps = raw_scalar_steps(events[1], "losses/qf_loss") + raw_scalar_steps(
+        events[1], "charts/episodic_return"
+    )
     assert resumed_steps and min(resumed_steps) > MID
     curves = scalars(r.split)
     assert_no_duplicate_points(curves)
@@ -349,8 +384,11 @@ def test_resuming_a_finished_run_at_its_total_changes_nothing(exact_runs, tmp_pa
 # ----------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("env_id,sig", [("Hopper-v5", signal.SIGTERM), ("Pendulum-v1", signal.SIGINT)],
-                         ids=["SIGTERM-Hopper", "SIGINT-Pendulum"])
+@pytest.mark.parametrize(
+    "env_id,sig",
+    [("Hopper-v5", signal.SIGTERM), ("Pendulum-v1", signal.SIGINT)],
+    ids=["SIGTERM-Hopper", "SIGINT-Pendulum"],
+)
 def test_signal_writes_checkpoint_and_resume_is_bitwise_identical(exact_runs, tmp_path, env_id, sig):
     r = exact_runs(env_id)
     proc = start(tmp_path, *r.flags, "--total-timesteps", str(TOTAL))
@@ -385,8 +423,23 @@ def test_signal_writes_checkpoint_and_resume_is_bitwise_identical(exact_runs, tm
 # 2. kill -9: after a checkpoint, and during a checkpoint write
 # ----------------------------------------------------------------------------------------------
 
-KILL_FLAGS = ["--env-id", "Pendulum-v1", "--learning-starts", "200", "--batch-size", "64", "--buffer-size", "5000",
-              "--checkpoint-frequency", "200", "--log-frequency", "10", "--resume", "auto", *BASE_FLAGS]
+KILL_FLAGS = [
+    "--env-id",
+    "Pendulum-v1",
+    "--learning-starts",
+    "200",
+    "--batch-size",
+    "64",
+    "--buffer-size",
+    "5000",
+    "--checkpoint-frequency",
+    "200",
+    "--log-frequency",
+    "10",
+    "--resume",
+    "auto",
+    *BASE_FLAGS,
+]
 
 
 def event_bytes(run_dir: Path) -> int:
@@ -403,8 +456,11 @@ def test_sigkill_after_checkpoint_then_resume_auto_finishes(tmp_path):
     wait_until(lambda: latest_name(run_dir) == step_name(400), proc, "the checkpoint at step 400")
     size_at_ckpt = event_bytes(run_dir)
     # ~30 steps of loss logging past the checkpoint have reached the event file
-    wait_until(lambda: event_bytes(run_dir) > size_at_ckpt + 2000 or latest_name(run_dir) != step_name(400),
-               proc, "events after the checkpoint")
+    wait_until(
+        lambda: event_bytes(run_dir) > size_at_ckpt + 2000 or latest_name(run_dir) != step_name(400),
+        proc,
+        "events after the checkpoint",
+    )
     proc.kill()
     proc.wait()
     ckpt = latest_ckpt(run_dir)
@@ -457,8 +513,19 @@ def test_sigkill_during_checkpoint_write_leaves_previous_checkpoint(tmp_path):
 def test_sigkill_before_first_checkpoint_same_command_restarts(tmp_path):
     """README: '--resume auto --run-name NAME continues runs/NAME if it has a checkpoint and starts it
     otherwise. A scheduler can simply re-run the same command.'"""
-    flags = ["--env-id", "Pendulum-v1", "--total-timesteps", "10000", "--learning-starts", "10000",
-             "--checkpoint-frequency", "100000", "--resume", "auto", *BASE_FLAGS]
+    flags = [
+        "--env-id",
+        "Pendulum-v1",
+        "--total-timesteps",
+        "10000",
+        "--learning-starts",
+        "10000",
+        "--checkpoint-frequency",
+        "100000",
+        "--resume",
+        "auto",
+        *BASE_FLAGS,
+    ]
     run_dir = tmp_path / "runs" / RUN
     proc = start(tmp_path, *flags)
     wait_until(lambda: any(run_dir.glob("events.out.tfevents.*")), proc, "the run to start")
@@ -484,8 +551,14 @@ def _small_buffer(fill: int) -> sac.ReplayBuffer:
     rb.start(rng.standard_normal((1, 3), dtype=np.float32))
     for _ in range(fill):
         done = rng.random(1) < 0.1
-        rb.add(rng.standard_normal((1, 1), dtype=np.float32), rng.standard_normal(1).astype(np.float32), done,
-               rng.standard_normal((1, 3), dtype=np.float32), done, rng.standard_normal((1, 3), dtype=np.float32))
+        rb.add(
+            rng.standard_normal((1, 1), dtype=np.float32),
+            rng.standard_normal(1).astype(np.float32),
+            done,
+            rng.standard_normal((1, 3), dtype=np.float32),
+            done,
+            rng.standard_normal((1, 3), dtype=np.float32),
+        )
     return rb
 
 
@@ -578,8 +651,23 @@ def test_saving_the_same_step_again_touches_nothing(tmp_path, monkeypatch):
 # ----------------------------------------------------------------------------------------------
 
 SMALL_TOTAL = 200
-SMALL_FLAGS = ["--env-id", "Pendulum-v1", "--learning-starts", "100", "--batch-size", "32", "--buffer-size", "1000",
-               "--checkpoint-frequency", str(SMALL_TOTAL), "--alpha", "0.5", "--gamma", "0.95", *BASE_FLAGS]
+SMALL_FLAGS = [
+    "--env-id",
+    "Pendulum-v1",
+    "--learning-starts",
+    "100",
+    "--batch-size",
+    "32",
+    "--buffer-size",
+    "1000",
+    "--checkpoint-frequency",
+    str(SMALL_TOTAL),
+    "--alpha",
+    "0.5",
+    "--gamma",
+    "0.95",
+    *BASE_FLAGS,
+]
 
 
 @pytest.fixture(scope="module")
@@ -623,13 +711,19 @@ def _evil_mjdata(state: dict) -> None:
 CORRUPTIONS = {  # name: (change the copied run, what to pass to --resume relative to the run dir)
     "state_truncated_to_half": (lambda d: _truncate(_ckpt(d) / "state.pt", lambda n: n // 2), "run"),
     "state_empty": (lambda d: _truncate(_ckpt(d) / "state.pt", lambda n: 0), "step"),
-    "state_random_bytes": (lambda d: (_ckpt(d) / "state.pt").write_bytes(
-        np.random.default_rng(0).bytes((_ckpt(d) / "state.pt").stat().st_size)), "run"),
+    "state_random_bytes": (
+        lambda d: (_ckpt(d) / "state.pt").write_bytes(
+            np.random.default_rng(0).bytes((_ckpt(d) / "state.pt").stat().st_size)
+        ),
+        "run",
+    ),
     "state_foreign_torch_dict": (lambda d: torch.save({"a": 1}, _ckpt(d) / "state.pt"), "run"),
     "state_torch_list": (lambda d: torch.save([1, 2, 3], _ckpt(d) / "state.pt"), "step"),
     "state_is_model_pt": (lambda d: shutil.copy(d / "model.pt", _ckpt(d) / "state.pt"), "run"),
-    "state_pickles_os_system": (lambda d: torch.save({"format": sac.CHECKPOINT_FORMAT, "x": Evil()},
-                                                        _ckpt(d) / "state.pt"), "run"),
+    "state_pickles_os_system": (
+        lambda d: torch.save({"format": sac.CHECKPOINT_FORMAT, "x": Evil()}, _ckpt(d) / "state.pt"),
+        "run",
+    ),
     "mjdata_pickles_os_system": (lambda d: _edit_state(d, _evil_mjdata), "run"),
     "state_without_buffer_meta": (lambda d: _edit_state(d, lambda s: s.pop("buffer")), "run"),
     "state_without_optimizers": (lambda d: _edit_state(d, lambda s: s.pop("optimizers")), "run"),
@@ -676,8 +770,15 @@ def assert_one_error_line(stderr: str, *must_mention: str) -> str:
     return lines[0]
 
 
-@pytest.mark.parametrize("case", [pytest.param(c, marks=pytest.mark.xfail(strict=True, reason=XFAIL_CORRUPTIONS[c]))
-                                  if c in XFAIL_CORRUPTIONS else c for c in CORRUPTIONS])
+@pytest.mark.parametrize(
+    "case",
+    [
+        pytest.param(c, marks=pytest.mark.xfail(strict=True, reason=XFAIL_CORRUPTIONS[c]))
+        if c in XFAIL_CORRUPTIONS
+        else c
+        for c in CORRUPTIONS
+    ],
+)
 def test_damaged_checkpoint_is_refused_with_one_line(small_run, tmp_path, in_process_main, capfd, case):
     run_dir = tmp_path / "runs" / "damaged"
     shutil.copytree(small_run, run_dir)
@@ -686,8 +787,9 @@ def test_damaged_checkpoint_is_refused_with_one_line(small_run, tmp_path, in_pro
     target = {"run": run_dir, "step": run_dir / "checkpoints" / step_name(SMALL_TOTAL)}.get(target, run_dir / target)
     before = tree(tmp_path)
     capfd.readouterr()
-    code = in_process_main("--resume", str(target), "--device", "cpu", "--total-timesteps", str(SMALL_TOTAL + 50),
-                           "--eval-episodes", "1")
+    code = in_process_main(
+        "--resume", str(target), "--device", "cpu", "--total-timesteps", str(SMALL_TOTAL + 50), "--eval-episodes", "1"
+    )
     out = capfd.readouterr()
     assert code == sac.EXIT_BAD_INPUT == 2, out.err
     assert_one_error_line(out.err)
@@ -710,16 +812,21 @@ def test_damaged_checkpoint_is_refused_by_the_real_script(small_run, tmp_path):
         assert res.returncode == 2, res.stderr
         assert_one_error_line(res.stderr, "truncated")
         # the stdout/stderr files of this process are the only new files
-        assert {k: v for k, v in tree(cwd).items() if not k.startswith("std")} == \
-               {k: v for k, v in before.items() if not k.startswith("std")}
+        assert {k: v for k, v in tree(cwd).items() if not k.startswith("std")} == {
+            k: v for k, v in before.items() if not k.startswith("std")
+        }
 
 
-@pytest.mark.parametrize("flags,mentions", [
-    (["--env-id", "Hopper-v5"], ["--env-id", "Hopper-v5", "Pendulum-v1", "conflicts"]),
-    (["--policy-lr", "0.001"], ["--policy-lr", "conflicts"]),
-    (["--alpha", "0.2"], ["--alpha", "0.5", "conflicts"]),
-    (["--seed", "7"], ["--seed", "conflicts"]),
-], ids=["env-id", "policy-lr", "alpha", "seed"])
+@pytest.mark.parametrize(
+    "flags,mentions",
+    [
+        (["--env-id", "Hopper-v5"], ["--env-id", "Hopper-v5", "Pendulum-v1", "conflicts"]),
+        (["--policy-lr", "0.001"], ["--policy-lr", "conflicts"]),
+        (["--alpha", "0.2"], ["--alpha", "0.5", "conflicts"]),
+        (["--seed", "7"], ["--seed", "conflicts"]),
+    ],
+    ids=["env-id", "policy-lr", "alpha", "seed"],
+)
 def test_conflicting_run_argument_is_refused(small_run, tmp_path, in_process_main, capfd, flags, mentions):
     run_dir = tmp_path / "runs" / "copy"
     shutil.copytree(small_run, run_dir)
@@ -738,8 +845,17 @@ def test_flags_left_at_default_take_the_checkpoints_values(small_run, tmp_path, 
     goes on with the checkpoint's values, not the defaults. (20 updates, in this process.)"""
     run_dir = tmp_path / "runs" / RUN
     shutil.copytree(small_run, run_dir)
-    code = in_process_main("--resume", str(run_dir), "--device", "cpu", "--eval-episodes", "1",
-                           "--total-timesteps", str(SMALL_TOTAL + 20), *extra)
+    code = in_process_main(
+        "--resume",
+        str(run_dir),
+        "--device",
+        "cpu",
+        "--eval-episodes",
+        "1",
+        "--total-timesteps",
+        str(SMALL_TOTAL + 20),
+        *extra,
+    )
     assert code == 0
     state = load_state(latest_ckpt(run_dir))
     assert state["global_step"] == SMALL_TOTAL + 20 and state["n_updates"] == SMALL_TOTAL + 20 - 100
@@ -816,14 +932,34 @@ def test_nan_loss_exits_3_and_keeps_the_last_good_checkpoint(tmp_path):
     write checkpoint 200. Both: exit 3, one line, checkpoint 100 intact, no checkpoint of NaN weights."""
     wrapper = tmp_path / "nan_wrapper.py"
     wrapper.write_text(NAN_WRAPPER.format(repo=str(REPO)))
-    flags = ["--env-id", "Pendulum-v1", "--learning-starts", "50", "--batch-size", "32", "--buffer-size", "1000",
-             "--checkpoint-frequency", "100", *BASE_FLAGS]
+    flags = [
+        "--env-id",
+        "Pendulum-v1",
+        "--learning-starts",
+        "50",
+        "--batch-size",
+        "32",
+        "--buffer-size",
+        "1000",
+        "--checkpoint-frequency",
+        "100",
+        *BASE_FLAGS,
+    ]
     env = {**child_env(), "NAN_AFTER_UPDATES": "75"}
     procs = {
-        "loss check": start(tmp_path / "loss", *flags, "--total-timesteps", "400", "--log-frequency", "10",
-                            script=wrapper, env=env),
-        "weight check": start(tmp_path / "weights", *flags, "--total-timesteps", "400", "--log-frequency", "100000",
-                              script=wrapper, env=env),
+        "loss check": start(
+            tmp_path / "loss", *flags, "--total-timesteps", "400", "--log-frequency", "10", script=wrapper, env=env
+        ),
+        "weight check": start(
+            tmp_path / "weights",
+            *flags,
+            "--total-timesteps",
+            "400",
+            "--log-frequency",
+            "100000",
+            script=wrapper,
+            env=env,
+        ),
     }
     for name, proc in procs.items():
         res = finish(proc)
@@ -842,8 +978,7 @@ def test_nan_loss_exits_3_and_keeps_the_last_good_checkpoint(tmp_path):
             assert all(torch.isfinite(t).all() for t in module.values()), name
         assert torch.isfinite(state["log_alpha"]).all()
     # the kept checkpoint still resumes (without the NaN patch) and finishes
-    res = run(tmp_path / "weights", "--resume", "auto", *flags, "--log-frequency", "100000",
-              "--total-timesteps", "150")
+    res = run(tmp_path / "weights", "--resume", "auto", *flags, "--log-frequency", "100000", "--total-timesteps", "150")
     assert_ok(res)
     assert load_state(latest_ckpt(tmp_path / "weights" / "runs" / RUN))["global_step"] == 150
 
@@ -853,9 +988,25 @@ def test_nan_before_the_final_evaluation_keeps_the_last_good_model(tmp_path):
     evaluation at the end, which must refuse to write NaN weights over model.pt (from the evaluation at 100)."""
     wrapper = tmp_path / "nan_wrapper.py"
     wrapper.write_text(NAN_WRAPPER.format(repo=str(REPO)))
-    flags = ["--env-id", "Pendulum-v1", "--learning-starts", "50", "--batch-size", "32", "--buffer-size", "1000",
-             "--checkpoint-frequency", "0", "--log-frequency", "100000", *BASE_FLAGS, "--eval-frequency", "100",
-             "--total-timesteps", "150"]
+    flags = [
+        "--env-id",
+        "Pendulum-v1",
+        "--learning-starts",
+        "50",
+        "--batch-size",
+        "32",
+        "--buffer-size",
+        "1000",
+        "--checkpoint-frequency",
+        "0",
+        "--log-frequency",
+        "100000",
+        *BASE_FLAGS,
+        "--eval-frequency",
+        "100",
+        "--total-timesteps",
+        "150",
+    ]
     res = finish(start(tmp_path, *flags, script=wrapper, env={**child_env(), "NAN_AFTER_UPDATES": "75"}))
     assert res.returncode == sac.EXIT_DIVERGED == 3, res.stderr
     assert "Traceback" not in res.stderr

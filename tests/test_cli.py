@@ -15,9 +15,18 @@ import torch
 import sac_continuous as sac
 
 # A complete, tiny Pendulum-v1 run: each case below breaks exactly one thing in it.
-FAST = {"--env-id": "Pendulum-v1", "--total-timesteps": "50", "--learning-starts": "10", "--batch-size": "8",
-        "--buffer-size": "100", "--eval-episodes": "1", "--checkpoint-frequency": "0", "--device": "cpu",
-        "--output-dir": "out", "--run-name": "r"}
+FAST = {
+    "--env-id": "Pendulum-v1",
+    "--total-timesteps": "50",
+    "--learning-starts": "10",
+    "--batch-size": "8",
+    "--buffer-size": "100",
+    "--eval-episodes": "1",
+    "--checkpoint-frequency": "0",
+    "--device": "cpu",
+    "--output-dir": "out",
+    "--run-name": "r",
+}
 
 
 def flags(**changes):
@@ -60,8 +69,13 @@ def test_help_documents_every_flag(run):
         flag = "--" + field.name.replace("_", "-")
         assert flag + " " in text or flag + "," in text, flag
     # the field docstrings are the flags' help texts
-    for words in ("the id of a gymnasium environment", "replay buffer capacity in observation slots",
-                  "target smoothing coefficient", "evaluate this model.pt", "learn alpha so that the policy entropy"):
+    for words in (
+        "the id of a gymnasium environment",
+        "replay buffer capacity in observation slots",
+        "target smoothing coefficient",
+        "evaluate this model.pt",
+        "learn alpha so that the policy entropy",
+    ):
         assert words in text, words
     # the FAST flags below are real flags (otherwise the refusal cases would prove nothing)
     for flag in FAST:
@@ -135,8 +149,10 @@ def test_existing_run_dir_is_refused_and_left_untouched(run, tmp_path):
 def save_model(path, env_id, obs_dim, act_dim):
     """A model file as the script writes it, for an untrained agent (nothing is trained)."""
     torch.manual_seed(0)
-    agent = sac.SAC(obs_dim, -np.ones(act_dim, np.float32), np.ones(act_dim, np.float32), sac.Args(), torch.device("cpu"))
-    torch.save(sac.model_payload(agent, env_id, obs_dim, 0), path)
+    agent = sac.SAC(
+        obs_dim, -np.ones(act_dim, np.float32), np.ones(act_dim, np.float32), sac.Args(), torch.device("cpu")
+    )
+    sac.save_model(agent, env_id, 0, path)
     return path
 
 
@@ -190,12 +206,45 @@ def test_triton_is_imported_before_mujoco_under_osmesa(tmp_path, mujoco_gl):
     (tmp_path / "fake" / "triton").mkdir(parents=True)
     (tmp_path / "fake" / "triton" / "__init__.py").write_text(FAKE_TRITON)
     probe = tmp_path / "probe.json"
-    env = {**os.environ, "PYTHONPATH": str(tmp_path / "fake"), "TRITON_PROBE": str(probe), "MUJOCO_GL": mujoco_gl,
-           "OMP_NUM_THREADS": "1"}
-    res = subprocess.run([sys.executable, str(sac.__file__), *flags(total_timesteps=0)], cwd=tmp_path, env=env,
-                         capture_output=True, text=True, timeout=120)
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(tmp_path / "fake"),
+        "TRITON_PROBE": str(probe),
+        "MUJOCO_GL": mujoco_gl,
+        "OMP_NUM_THREADS": "1",
+    }
+    res = subprocess.run(
+        [sys.executable, str(sac.__file__), *flags(total_timesteps=0)],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert_one_line_error(res, "--total-timesteps")  # the import comes first, before any input check
     if mujoco_gl == "osmesa":
         assert json.loads(probe.read_text()) == {"mujoco_loaded": False}
     else:  # EGL has no such clash: no reason to import triton
         assert not probe.exists()
+
+
+def test_progress_labels_the_random_phase_and_takes_the_eta_from_the_training_rate(monkeypatch):
+    """1,000 random steps per second, then 10 training steps per second: no ETA until training is measured,
+    then the one the training rate gives (the random phase's rate would promise a 100 times shorter run)."""
+    clock = [0.0]
+    monkeypatch.setattr(sac.time, "time", lambda: clock[0])
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True)
+    progress = sac.Progress(total=30_000, start=0, learning_starts=25_000)
+    try:
+        task = progress.bar.tasks[0]
+        clock[0] = 10.0
+        progress.update(10_000, -5.0)
+        assert task.description == "SAC: random actions until 25,000" and task.fields["eta"] == "-"
+        clock[0] = 25.0
+        progress.update(25_000, -5.0)  # training starts: its rate is measured from here
+        clock[0] = 125.0
+        progress.update(26_000, -4.0)
+        assert task.description == "SAC: training" and task.fields["sps"] == "10"
+        assert task.fields["eta"] == "0:06:40"  # 4,000 steps left at 10 per second
+    finally:
+        progress.close()

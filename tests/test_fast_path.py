@@ -16,9 +16,9 @@ import numpy as np
 import pytest
 import torch
 import torch._inductor.config as inductor_config
+from test_losses import ACT_DIM, make_agent, make_batch
 
 import sac_continuous as sac
-from test_losses import ACT_DIM, make_agent, make_batch
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -143,10 +143,14 @@ def test_compile_on_cuda_without_triton_or_a_c_compiler_is_refused(monkeypatch):
 
     cuda = torch.device("cuda")
     real_find_spec = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "triton" else real_find_spec(name, *a))
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "triton" else real_find_spec(name, *a)
+    )
     with pytest.raises(sac.UserError, match="triton"):
         sac.check_fast_path(sac.Args(compile=True), cuda)
-    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: object() if name == "triton" else real_find_spec(name, *a))
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: object() if name == "triton" else real_find_spec(name, *a)
+    )
     monkeypatch.delenv("CC", raising=False)
     monkeypatch.setattr(shutil, "which", lambda name: None)
     with pytest.raises(sac.UserError, match="C compiler"):

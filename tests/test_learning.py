@@ -7,23 +7,52 @@ import re
 import numpy as np
 import pytest
 import torch
+from conftest import run_script
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 import sac_continuous as sac
-from conftest import run_script
 
-TAGS = ["charts/episodic_return", "charts/episodic_length", "charts/SPS", "losses/qf1_values", "losses/qf2_values",
-        "losses/qf1_loss", "losses/qf2_loss", "losses/qf_loss", "losses/actor_loss", "losses/alpha",
-        "losses/alpha_loss", "eval/mean_return", "eval/std_return"]
+TAGS = [
+    "charts/episodic_return",
+    "charts/episodic_length",
+    "charts/SPS",
+    "losses/qf1_values",
+    "losses/qf2_values",
+    "losses/qf1_loss",
+    "losses/qf2_loss",
+    "losses/qf_loss",
+    "losses/actor_loss",
+    "losses/alpha",
+    "losses/alpha_loss",
+    "eval/mean_return",
+    "eval/std_return",
+]
 TOTAL, LEARNING_STARTS = 6000, 1000
 
 
 @pytest.fixture(scope="module")
 def pendulum_run(tmp_path_factory):
     cwd = tmp_path_factory.mktemp("learn")
-    res = run_script("--env-id", "Pendulum-v1", "--total-timesteps", str(TOTAL), "--learning-starts", str(LEARNING_STARTS),
-                     "--seed", "1", "--eval-frequency", "0", "--eval-episodes", "10", "--checkpoint-frequency", "0",
-                     "--run-name", "p", cwd=cwd, timeout=600)
+    res = run_script(
+        "--env-id",
+        "Pendulum-v1",
+        "--total-timesteps",
+        str(TOTAL),
+        "--learning-starts",
+        str(LEARNING_STARTS),
+        "--seed",
+        "1",
+        "--eval-frequency",
+        "0",
+        "--eval-episodes",
+        "10",
+        "--checkpoint-frequency",
+        "0",
+        "--run-name",
+        "p",
+        cwd=cwd,
+        timeout=600,
+    )
     assert res.returncode == 0, res.stderr[-3000:]
     run_dir = cwd / "runs" / "p"
     events = EventAccumulator(str(run_dir), size_guidance={"scalars": 0})  # keep every point
@@ -79,8 +108,15 @@ def mean_return(stdout):
 
 def test_eval_checkpoint_runs_the_saved_model(pendulum_run):
     run_dir, _, _ = pendulum_run
-    res = run_script("--eval-checkpoint", str(run_dir / "model.pt"), "--env-id", "Pendulum-v1", "--eval-episodes", "2",
-                     cwd=run_dir.parent.parent)
+    res = run_script(
+        "--eval-checkpoint",
+        str(run_dir / "model.pt"),
+        "--env-id",
+        "Pendulum-v1",
+        "--eval-episodes",
+        "2",
+        cwd=run_dir.parent.parent,
+    )
     assert res.returncode == 0, res.stderr
     mean, episodes = mean_return(res.stdout)
     assert episodes == 2 and -2000 < mean <= 0
@@ -89,8 +125,17 @@ def test_eval_checkpoint_runs_the_saved_model(pendulum_run):
 def test_eval_checkpoint_reproduces_the_final_evaluation(pendulum_run):
     """Same model, seed and episode count as the run's last evaluation: the same mean return."""
     run_dir, events, _ = pendulum_run
-    res = run_script("--eval-checkpoint", str(run_dir / "model.pt"), "--env-id", "Pendulum-v1", "--seed", "1",
-                     "--eval-episodes", "10", cwd=run_dir.parent.parent)
+    res = run_script(
+        "--eval-checkpoint",
+        str(run_dir / "model.pt"),
+        "--env-id",
+        "Pendulum-v1",
+        "--seed",
+        "1",
+        "--eval-episodes",
+        "10",
+        cwd=run_dir.parent.parent,
+    )
     assert res.returncode == 0, res.stderr
     mean, episodes = mean_return(res.stdout)
     assert episodes == 10

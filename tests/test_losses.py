@@ -29,15 +29,26 @@ def test_critic_target_bootstraps_from_the_smaller_q_unless_terminated():
     y = sac.critic_target(r, term, q1, q2, logp, alpha=alpha, gamma=gamma)
     assert y.shape == (4, 1)
     assert y[0].item() == 1.0  # terminated: the reward alone
-    expected = [1.0 + gamma * (3.0 - alpha * -2.0), -2.0 + gamma * (-4.0 - alpha * 1.5), 0.5 + gamma * (2.0 - alpha * 0.25)]
+    expected = [
+        1.0 + gamma * (3.0 - alpha * -2.0),
+        -2.0 + gamma * (-4.0 - alpha * 1.5),
+        0.5 + gamma * (2.0 - alpha * 0.25),
+    ]
     torch.testing.assert_close(y[1:, 0], torch.tensor(expected), rtol=0, atol=1e-6)
 
 
 def test_critic_target_takes_no_truncation_input():
     """A truncated step is stored with termination 0 (tests/test_buffer.py checks the real script does so)
     and the target cannot be told anything else: it bootstraps."""
-    y = sac.critic_target(torch.zeros(1, 1), torch.zeros(1, 1), torch.ones(1, 1), torch.ones(1, 1),
-                          torch.zeros(1, 1), alpha=0.1, gamma=0.99)
+    y = sac.critic_target(
+        torch.zeros(1, 1),
+        torch.zeros(1, 1),
+        torch.ones(1, 1),
+        torch.ones(1, 1),
+        torch.zeros(1, 1),
+        alpha=0.1,
+        gamma=0.99,
+    )
     assert y.item() == pytest.approx(0.99)
     assert not any(word in name for name in sac.critic_target.__code__.co_varnames for word in ("trunc", "done"))
 
@@ -96,8 +107,13 @@ def make_agent(device="cpu", **kw):
 
 def make_batch(n=32, seed=0):
     g = np.random.default_rng(seed)
-    return (g.normal(size=(n, OBS_DIM)).astype(np.float32), g.uniform(-1, 1, (n, ACT_DIM)).astype(np.float32),
-            g.normal(size=n).astype(np.float32), g.random(n) < 0.3, g.normal(size=(n, OBS_DIM)).astype(np.float32))
+    return (
+        g.normal(size=(n, OBS_DIM)).astype(np.float32),
+        g.uniform(-1, 1, (n, ACT_DIM)).astype(np.float32),
+        g.normal(size=n).astype(np.float32),
+        g.random(n) < 0.3,
+        g.normal(size=(n, OBS_DIM)).astype(np.float32),
+    )
 
 
 def params(module):
@@ -150,7 +166,9 @@ def test_update_steps_critics_actor_and_moves_targets_by_tau():
     for k in ("actor", "qf1", "qf2"):
         assert all(not torch.equal(a, b) for a, b in zip(snap[k], agent.modules()[k].parameters())), k
     for k in ("qf1", "qf2"):  # Polyak towards the online critic after its step
-        for old, p_t, p in zip(snap[k + "_target"], agent.modules()[k + "_target"].parameters(), agent.modules()[k].parameters()):
+        for old, p_t, p in zip(
+            snap[k + "_target"], agent.modules()[k + "_target"].parameters(), agent.modules()[k].parameters()
+        ):
             torch.testing.assert_close(p_t.detach() - old, 0.1 * (p.detach() - old), rtol=1e-5, atol=1e-7)
 
 
@@ -231,5 +249,8 @@ def test_target_network_frequency_delays_polyak_updates():
     for i in range(4):
         targets = params(agent.qf1_target) + params(agent.qf2_target)
         agent.update(make_batch(seed=i))
-        moved = any(not torch.equal(a, b) for a, b in zip(targets, [*agent.qf1_target.parameters(), *agent.qf2_target.parameters()]))
+        moved = any(
+            not torch.equal(a, b)
+            for a, b in zip(targets, [*agent.qf1_target.parameters(), *agent.qf2_target.parameters()])
+        )
         assert moved == (i % 2 == 0)

@@ -25,8 +25,9 @@ def reference(actor, obs, cache):
     """torch's own tanh-squashed, rescaled Gaussian with the actor's mean and std for obs."""
     with torch.no_grad():
         mean, log_std = actor(obs)
-    return TransformedDistribution(Normal(mean, log_std.exp()), [
-        TanhTransform(cache_size=1), AffineTransform(BIAS, SCALE, cache_size=cache)])
+    return TransformedDistribution(
+        Normal(mean, log_std.exp()), [TanhTransform(cache_size=1), AffineTransform(BIAS, SCALE, cache_size=cache)]
+    )
 
 
 def in_box(action):
@@ -35,6 +36,7 @@ def in_box(action):
 
 def sample_with_noise(actor, obs, eps, monkeypatch):
     """actor.sample(obs) with its Gaussian noise fixed to eps."""
+
     def randn_like(t):
         assert t.shape == eps.shape
         return eps.clone()

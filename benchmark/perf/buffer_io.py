@@ -7,9 +7,9 @@ Builds a full sac_continuous.ReplayBuffer shaped like Humanoid-v5's (the sizes c
 gym.make(--env-id)), fills it directly with random float32 data (no env steps) and marks every
 slot valid, as a ring that has wrapped around. Then it times:
 
-- ReplayBuffer.save: the five .npy files of a checkpoint's buffer/, each written and fsynced
-  (write_npy). The directory is a temporary one inside --dir (default: runs/, where training writes
-  its checkpoints), so the numbers are for that disk. It is removed at the end.
+- ReplayBuffer.save: the five .npy files of a checkpoint's buffer/, each written and fsynced. The
+  directory is a temporary one inside --dir (default: runs/, where training writes its checkpoints), so
+  the numbers are for that disk. It is removed at the end.
 - ReplayBuffer.load into a fresh buffer, twice: first with the saved files dropped from the page
   cache (posix_fadvise DONTNEED on those files only), so they are read from the disk; then again with
   them cached. The loaded buffer is checked against the original.
@@ -78,8 +78,12 @@ def main() -> None:
     parser.add_argument("--env-id", default="Humanoid-v5", help="the env whose observation/action sizes are used")
     parser.add_argument("--size", type=int, default=1_000_000, help="transitions (buffer slots)")
     parser.add_argument("--dir", default="runs", help="a directory on the disk to measure (created if missing)")
-    parser.add_argument("--notebook-sample", type=int, default=100_000,
-                        help="transitions written in the notebook's layout, then extrapolated to --size")
+    parser.add_argument(
+        "--notebook-sample",
+        type=int,
+        default=100_000,
+        help="transitions written in the notebook's layout, then extrapolated to --size",
+    )
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
 
@@ -93,8 +97,10 @@ def main() -> None:
     base.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=".buffer_io_", dir=base))
     try:
-        print(f"{args.env_id}: obs_dim {obs_dim}, act_dim {act_dim}; a full buffer of {n:,} transitions, "
-              f"random float32 data")
+        print(
+            f"{args.env_id}: obs_dim {obs_dim}, act_dim {act_dim}; a full buffer of {n:,} transitions, "
+            f"random float32 data"
+        )
         print(f"directory: {work.resolve()}")
 
         rb = sac.ReplayBuffer(n, 1, obs_dim, act_dim, seed=args.seed)
@@ -123,10 +129,14 @@ def main() -> None:
         del fresh
 
         print()
-        print("this script's layout: ReplayBuffer.save -> buffer/{obs,actions,rewards,terminations,valid}.npy, "
-              "each fsynced")
+        print(
+            "this script's layout: ReplayBuffer.save -> buffer/{obs,actions,rewards,terminations,valid}.npy, "
+            "each fsynced"
+        )
         print(f"  in memory                   {in_memory:>15,} bytes ({in_memory / GB:.3f} GB)")
-        print(f"  on disk                     {size:>15,} bytes ({size / GB:.3f} GB; {allocated / GB:.3f} GB allocated)")
+        print(
+            f"  on disk                     {size:>15,} bytes ({size / GB:.3f} GB; {allocated / GB:.3f} GB allocated)"
+        )
         for f in files:
             print(f"    {f.name:<24}  {f.stat().st_size:>15,} bytes")
         print(f"  save (write + fsync)        {t_save:8.2f} s   ({size / GB / t_save:.2f} GB/s)")
@@ -136,8 +146,13 @@ def main() -> None:
 
         # --- the design notebook's layout on a sample: obs and next_obs stored separately, zip-deflated ---
         slots = np.arange(sample)
-        nb = {"obs": rb.obs[0, slots], "next_obs": rb.obs[0, slots + 1], "actions": rb.actions[0, slots],
-              "rewards": rb.rewards[0, slots], "dones": rb.terminations[0, slots].astype(np.float32)}
+        nb = {
+            "obs": rb.obs[0, slots],
+            "next_obs": rb.obs[0, slots + 1],
+            "actions": rb.actions[0, slots],
+            "rewards": rb.rewards[0, slots],
+            "dones": rb.terminations[0, slots].astype(np.float32),
+        }
         del rb
         nb_raw_full = (2 * obs_dim + act_dim + 2) * 4 * n  # exact: float32 obs, next_obs, actions, reward, done
         path = work / "replay_buffer.npz"
@@ -157,18 +172,22 @@ def main() -> None:
         scale = n / sample
 
         print()
-        print(f"design notebook layout: obs + next_obs + actions + rewards + dones (float32), np.savez_compressed")
-        print(f"  measured on {sample:,} transitions: {nb_size:,} bytes, save {t_nb_save:.2f} s, "
-              f"load {t_nb_load:.2f} s (file not in cache)")
+        print("design notebook layout: obs + next_obs + actions + rewards + dones (float32), np.savez_compressed")
+        print(
+            f"  measured on {sample:,} transitions: {nb_size:,} bytes, save {t_nb_save:.2f} s, "
+            f"load {t_nb_load:.2f} s (file not in cache)"
+        )
         print(f"  uncompressed at {n:,} transitions (exact):  {nb_raw_full:>15,} bytes ({nb_raw_full / GB:.3f} GB)")
         print(f"  EXTRAPOLATED x{scale:g} to {n:,} transitions:")
         print(f"    on disk                   {nb_size * scale:>15,.0f} bytes ({nb_size * scale / GB:.3f} GB)")
         print(f"    save (compress + fsync)   {t_nb_save * scale:8.2f} s")
         print(f"    load (decompress)         {t_nb_load * scale:8.2f} s")
         print()
-        print(f"notebook (extrapolated) / this script:  size x{nb_size * scale / size:.2f}, "
-              f"save time x{t_nb_save * scale / t_save:.2f}, load time x{t_nb_load * scale / t_load_cold:.2f} "
-              f"(vs load not in cache)")
+        print(
+            f"notebook (extrapolated) / this script:  size x{nb_size * scale / size:.2f}, "
+            f"save time x{t_nb_save * scale / t_save:.2f}, load time x{t_nb_load * scale / t_load_cold:.2f} "
+            f"(vs load not in cache)"
+        )
     finally:
         shutil.rmtree(work, ignore_errors=True)
 

@@ -88,8 +88,13 @@ def main() -> None:
     agent = sac.SAC(obs_dim, low, high, sac.Args(env_id=a.env_id, batch_size=a.batch_size), torch.device("cpu"))
     g = np.random.default_rng(0)
     b = a.batch_size
-    batch = (g.standard_normal((b, obs_dim), dtype=np.float32), g.uniform(low, high, (b, low.shape[0])).astype(np.float32),
-             g.standard_normal(b, dtype=np.float32), g.random(b) < 0.01, g.standard_normal((b, obs_dim), dtype=np.float32))
+    batch = (
+        g.standard_normal((b, obs_dim), dtype=np.float32),
+        g.uniform(low, high, (b, low.shape[0])).astype(np.float32),
+        g.standard_normal(b, dtype=np.float32),
+        g.random(b) < 0.01,
+        g.standard_normal((b, obs_dim), dtype=np.float32),
+    )
     for _ in range(5):
         agent.update(batch)
     recorder = RecordMatmuls()
@@ -107,9 +112,14 @@ def main() -> None:
     print(f"{a.env_id} (obs {obs_dim}, act {low.shape[0]}), batch {b}, {a.threads} torch threads; CPU time per update")
     print(f"  matmuls per update: {len(replay)}, {total / 1e9:.3f} GFLOP")
     print(f"  whole SAC.update:        best {upd[0] * 1e3:6.2f} ms  median {upd[1] * 1e3:6.2f} ms")
-    print(f"  its matmuls alone:       best {mm[0] * 1e3:6.2f} ms  median {mm[1] * 1e3:6.2f} ms  "
-          f"({total / mm[0] / 1e9:.1f} GFLOP/s)")
-    print(f"  everything else:         {(upd[0] - mm[0]) * 1e3:6.2f} ms  ({100 * (upd[0] - mm[0]) / upd[0]:.0f}% of the update)")
+    print(
+        f"  its matmuls alone:       best {mm[0] * 1e3:6.2f} ms  median {mm[1] * 1e3:6.2f} ms  "
+        f"({total / mm[0] / 1e9:.1f} GFLOP/s)"
+    )
+    print(
+        f"  everything else:         {(upd[0] - mm[0]) * 1e3:6.2f} ms  "
+        f"({100 * (upd[0] - mm[0]) / upd[0]:.0f}% of the update)"
+    )
 
     by_shape = defaultdict(lambda: [0.0, 0, 0])
     for func, ts in replay:
@@ -117,12 +127,15 @@ def main() -> None:
         row = by_shape[describe(func, ts)]
         row[0], row[1], row[2] = row[0] + t, row[1] + flops(func, ts), row[2] + 1
     hot = sum(r[0] for r in by_shape.values())
-    print(f"  the same matmuls one shape at a time, operands hot in cache: {hot * 1e3:.2f} ms ({total / hot / 1e9:.1f} GFLOP/s)")
+    print(
+        f"  the same matmuls one shape at a time, operands hot in cache: {hot * 1e3:.2f} ms "
+        f"({total / hot / 1e9:.1f} GFLOP/s)"
+    )
     for name, (t, fl, count) in sorted(by_shape.items(), key=lambda kv: -kv[1][0]):
         print(f"    {name:40s} x{count:<2d} {t * 1e3:6.3f} ms  {fl / t / 1e9:5.1f} GFLOP/s")
     x, w = torch.randn(1024, 1024), torch.randn(1024, 1024)
     t = cpu_time(lambda: torch.mm(x, w), 10, 5)[0]
-    print(f"  reference: mm 1024x1024x1024 {t * 1e3:.1f} ms, {2 * 1024 ** 3 / t / 1e9:.1f} GFLOP/s")
+    print(f"  reference: mm 1024x1024x1024 {t * 1e3:.1f} ms, {2 * 1024**3 / t / 1e9:.1f} GFLOP/s")
 
 
 if __name__ == "__main__":

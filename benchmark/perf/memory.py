@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import resource
 import shutil
 import subprocess
@@ -62,24 +61,51 @@ def reset_peak() -> bool:
 
 def report(stage: str) -> None:
     m = rss()
-    print(f"  {stage}\n      RSS {m['VmRSS']:6.0f} MiB (own {m['RssAnon']:6.0f}, file pages {m['RssFile']:5.0f})   "
-          f"peak RSS {m['VmHWM']:6.0f} MiB", flush=True)
+    print(
+        f"  {stage}\n      RSS {m['VmRSS']:6.0f} MiB (own {m['RssAnon']:6.0f}, file pages {m['RssFile']:5.0f})   "
+        f"peak RSS {m['VmHWM']:6.0f} MiB",
+        flush=True,
+    )
 
 
 def short_run(a) -> None:
     """Stage 1: the real script, a few thousand steps with a 1M buffer, in a child process."""
     steps = a.learning_starts + a.updates
     with tempfile.TemporaryDirectory(dir=a.dir) as out:
-        cmd = [sys.executable, str(ROOT / "sac_continuous.py"), "--env-id", a.env_id, "--buffer-size", str(a.buffer_size),
-               "--total-timesteps", str(steps), "--learning-starts", str(a.learning_starts), "--eval-frequency", "0",
-               "--eval-episodes", "1", "--checkpoint-frequency", "0", "--device", "cpu", "--output-dir", out, "--run-name", "m"]
+        cmd = [
+            sys.executable,
+            str(ROOT / "sac_continuous.py"),
+            "--env-id",
+            a.env_id,
+            "--buffer-size",
+            str(a.buffer_size),
+            "--total-timesteps",
+            str(steps),
+            "--learning-starts",
+            str(a.learning_starts),
+            "--eval-frequency",
+            "0",
+            "--eval-episodes",
+            "1",
+            "--checkpoint-frequency",
+            "0",
+            "--device",
+            "cpu",
+            "--output-dir",
+            out,
+            "--run-name",
+            "m",
+        ]
         t = time.time()
         res = subprocess.run(cmd, capture_output=True, text=True)
         if res.returncode != 0:
             sys.exit(f"the short run failed:\n{res.stderr[-2000:]}")
         peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024  # KiB on Linux
-    print(f"1. sac_continuous.py, {steps} steps ({a.learning_starts} random, {a.updates} updates), "
-          f"--buffer-size {a.buffer_size}: peak RSS {peak:.0f} MiB ({time.time() - t:.0f} s)", flush=True)
+    print(
+        f"1. sac_continuous.py, {steps} steps ({a.learning_starts} random, {a.updates} updates), "
+        f"--buffer-size {a.buffer_size}: peak RSS {peak:.0f} MiB ({time.time() - t:.0f} s)",
+        flush=True,
+    )
 
 
 def full_buffer(a) -> None:
@@ -135,9 +161,20 @@ def full_buffer(a) -> None:
         (directory / "meta.json").write_text(json.dumps({**meta, "obs_dim": obs_dim, "act_dim": int(low.shape[0])}))
         del rb
         print("3. a fresh process loading that buffer, as --resume does:", flush=True)
-        res = subprocess.run([sys.executable, __file__, "--load", str(directory), "--buffer-size", str(a.buffer_size),
-                              "--env-id", a.env_id],
-                             capture_output=True, text=True)
+        res = subprocess.run(
+            [
+                sys.executable,
+                __file__,
+                "--load",
+                str(directory),
+                "--buffer-size",
+                str(a.buffer_size),
+                "--env-id",
+                a.env_id,
+            ],
+            capture_output=True,
+            text=True,
+        )
         print(res.stdout + res.stderr, end="", flush=True)
     finally:
         shutil.rmtree(directory, ignore_errors=True)
@@ -165,8 +202,12 @@ def main() -> None:
     p.add_argument("--buffer-size", type=int, default=1_000_000)
     p.add_argument("--learning-starts", type=int, default=1000, help="random steps of the short real run")
     p.add_argument("--updates", type=int, default=200, help="updates of the short run and of the full-buffer stage")
-    p.add_argument("--checkpoint", action=argparse.BooleanOptionalAction, default=True,
-                   help="also save the full buffer and load it in a fresh process (writes ~1.5 GB to --dir)")
+    p.add_argument(
+        "--checkpoint",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="also save the full buffer and load it in a fresh process (writes ~1.5 GB to --dir)",
+    )
     p.add_argument("--dir", default=None, help="where temporary files go (default: the system's temporary directory)")
     p.add_argument("--load", help=argparse.SUPPRESS)  # internal: stage 3's child process
     a = p.parse_args()

@@ -25,7 +25,6 @@ import time
 from collections import defaultdict
 from pathlib import Path
 
-import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
@@ -103,10 +102,24 @@ class SB3:
         import gymnasium as gym
         from stable_baselines3 import SAC
 
-        self.model = SAC("MlpPolicy", gym.make(env_id), learning_rate=3e-4, buffer_size=100_000,
-                         learning_starts=learning_starts, batch_size=256, tau=0.005, gamma=0.99,
-                         train_freq=1, gradient_steps=1, ent_coef="auto_0.1", target_update_interval=1,
-                         policy_kwargs=dict(net_arch=[256, 256]), device=device, seed=seed, verbose=0)
+        self.model = SAC(
+            "MlpPolicy",
+            gym.make(env_id),
+            learning_rate=3e-4,
+            buffer_size=100_000,
+            learning_starts=learning_starts,
+            batch_size=256,
+            tau=0.005,
+            gamma=0.99,
+            train_freq=1,
+            gradient_steps=1,
+            ent_coef="auto_0.1",
+            target_update_interval=1,
+            policy_kwargs=dict(net_arch=[256, 256]),
+            device=device,
+            seed=seed,
+            verbose=0,
+        )
 
     def run(self, n: int, learn: bool) -> None:
         self.model.learn(n, reset_num_timesteps=False, progress_bar=False)
@@ -123,8 +136,12 @@ def main() -> None:
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--compile", action="store_true", help="sac_continuous.py --compile")
     p.add_argument("--cudagraphs", action="store_true", help="sac_continuous.py --cudagraphs (CUDA only)")
-    p.add_argument("--phases", action=argparse.BooleanOptionalAction, default=None,
-                   help="time our phases (default: on the CPU only; on CUDA each phase needs a sync)")
+    p.add_argument(
+        "--phases",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="time our phases (default: on the CPU only; on CUDA each phase needs a sync)",
+    )
     a = p.parse_args()
     torch.set_num_threads(a.threads)
     device = torch.device(a.device)
@@ -134,9 +151,12 @@ def main() -> None:
         p.error(str(e))
     phases = a.phases if a.phases is not None else device.type != "cuda"
 
-    sides = {"sac_continuous": Ours(a.env_id, a.learning_starts, device, a.seed, phases,
-                                    compile=a.compile, cudagraphs=a.cudagraphs),
-             "sb3": SB3(a.env_id, a.learning_starts, device, a.seed)}
+    sides = {
+        "sac_continuous": Ours(
+            a.env_id, a.learning_starts, device, a.seed, phases, compile=a.compile, cudagraphs=a.cudagraphs
+        ),
+        "sb3": SB3(a.env_id, a.learning_starts, device, a.seed),
+    }
     for side in sides.values():  # fill past learning_starts, then one warm-up round
         side.run(a.learning_starts, learn=False)
         side.run(max(a.steps // 4, 10), learn=True)
@@ -152,18 +172,26 @@ def main() -> None:
             side.run(a.steps, learn=True)
             sps[name].append(a.steps / (time.perf_counter() - t))
             cps[name].append(a.steps / (time.process_time() - c))
-        print(f"round {r + 1}: sac_continuous {sps['sac_continuous'][-1]:.1f} steps/s, sb3 {sps['sb3'][-1]:.1f} steps/s, "
-              f"ratio {sps['sac_continuous'][-1] / sps['sb3'][-1]:.2f} (per CPU second: "
-              f"{cps['sac_continuous'][-1]:.1f} vs {cps['sb3'][-1]:.1f}, ratio {cps['sac_continuous'][-1] / cps['sb3'][-1]:.2f})",
-              flush=True)
+        print(
+            f"round {r + 1}: sac_continuous {sps['sac_continuous'][-1]:.1f} steps/s, sb3 {sps['sb3'][-1]:.1f} steps/s, "
+            f"ratio {sps['sac_continuous'][-1] / sps['sb3'][-1]:.2f} (per CPU second: "
+            f"{cps['sac_continuous'][-1]:.1f} vs {cps['sb3'][-1]:.1f}, "
+            f"ratio {cps['sac_continuous'][-1] / cps['sb3'][-1]:.2f})",
+            flush=True,
+        )
 
     fast = " ".join(f for f, on in (("--compile", a.compile), ("--cudagraphs", a.cudagraphs)) if on) or "eager"
-    print(f"\n{a.env_id}, device {a.device}, {a.threads} torch threads, {a.rounds} rounds x {a.steps} steps, ours {fast}")
+    print(
+        f"\n{a.env_id}, device {a.device}, {a.threads} torch threads, {a.rounds} rounds x {a.steps} steps, ours {fast}"
+    )
     for label, per in (("steps/s", sps), ("steps per CPU second", cps)):
         ratios = [x / y for x, y in zip(per["sac_continuous"], per["sb3"])]
         print(f"{label}:")
         for name in sides:
-            print(f"{name:>15}: median {statistics.median(per[name]):.1f} (min {min(per[name]):.1f}, max {max(per[name]):.1f})")
+            print(
+                f"{name:>15}: median {statistics.median(per[name]):.1f} "
+                f"(min {min(per[name]):.1f}, max {max(per[name]):.1f})"
+            )
         print(f"{'ratio':>15}: median {statistics.median(ratios):.2f} (min {min(ratios):.2f}, max {max(ratios):.2f})")
     total = sum(ours.timer.totals.values())
     if not total:
