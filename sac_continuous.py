@@ -1178,6 +1178,8 @@ class Progress:
 
 
 def eval_only(args: Args) -> int:
+    if args.resume:  # validate_args says so too, but only train() calls it
+        raise UserError("--resume and --eval-checkpoint exclude each other; pass one of them")
     if args.eval_episodes <= 0:
         raise UserError(f"--eval-episodes must be positive, got {args.eval_episodes}")
     device = pick_device(args.device)
