@@ -185,6 +185,41 @@ def make_env(env_id: str, render_mode: str | None = None) -> gym.Env:
     return env
 
 
+GL_LIBRARIES = {"osmesa": ("OSMesa", "libosmesa6"), "egl": ("EGL", "libegl1")}  # MUJOCO_GL: library, Debian package
+
+
+def check_rendering(env_id: str, capture_video: bool) -> None:
+    """Before anything is written: MuJoCo's OpenGL library (osmesa/egl) loads, and with --capture-video
+    the env can render rgb_array frames (classic-control envs need pygame). Both fail late otherwise,
+    as tracebacks: PyOpenGL's AttributeError at `import mujoco`, gymnasium's DependencyNotInstalled."""
+    gl = os.environ.get("MUJOCO_GL")
+    try:
+        is_mujoco = "mujoco" in str(gym.spec(env_id).entry_point)
+    except gym.error.Error:
+        return  # make_env reports the bad id
+    if is_mujoco and gl in GL_LIBRARIES:
+        try:
+            import mujoco  # noqa: F401  (PyOpenGL loads lib<OSMesa|EGL>.so here)
+        except (ImportError, AttributeError, OSError):
+            lib, package = GL_LIBRARIES[gl]
+            other = "egl" if gl == "osmesa" else "osmesa"
+            raise UserError(
+                f"MUJOCO_GL={gl}: cannot load the {lib} library; install {package} (apt-get install {package}) "
+                f"or set MUJOCO_GL={other} ({GL_LIBRARIES[other][1]}; osmesa renders on a CPU, egl on a GPU)"
+            ) from None
+    if capture_video:
+        env = make_env(env_id, render_mode="rgb_array")
+        try:
+            env.reset(seed=0)
+            env.render()
+        except gym.error.DependencyNotInstalled as e:
+            raise UserError(
+                f"--capture-video: {env_id} cannot render ({str(e).splitlines()[0]}); install that or drop --capture-video"
+            ) from None
+        finally:
+            env.close()
+
+
 def make_vector_env(env_id: str, num_envs: int) -> gym.vector.SyncVectorEnv:
     """Training envs. SAME_STEP autoreset: when an episode ends, step() returns the reset observation
     and puts the real last observation in infos["final_obs"], which is what the buffer must store."""
@@ -1044,6 +1079,7 @@ def train(args: Args) -> int:
     saved = read_checkpoint(ckpt) if ckpt else None
     if saved is not None:
         args = merge_resume_args(args, saved.get("args", {}))
+    check_rendering(args.env_id, args.capture_video)
     envs = make_vector_env(args.env_id, args.num_envs)
     obs_dim = envs.single_observation_space.shape[0]
     low, high = envs.single_action_space.low, envs.single_action_space.high
@@ -1180,10 +1216,13 @@ def train(args: Args) -> int:
 
 
 def eval_only(args: Args) -> int:
+    if args.resume:  # validate_args says so too, but only train() calls it
+        raise UserError("--resume and --eval-checkpoint exclude each other; pass one of them")
     if args.eval_episodes <= 0:
         raise UserError(f"--eval-episodes must be positive, got {args.eval_episodes}")
     device = pick_device(args.device)
     path = Path(args.eval_checkpoint)
+    check_rendering(args.env_id, args.capture_video)
     actor = load_model_for_eval(path, args.env_id, device)
     video = path.parent / "videos" / f"eval_{path.stem}.mp4" if args.capture_video else None
     returns = evaluate(actor, args.env_id, args.eval_episodes, args.seed + 10_000, device, video)

@@ -210,3 +210,48 @@ def test_truncated_transition_stores_the_real_final_observation(run, tmp_path):
             assert np.array_equal(obs[e, k + 1], o) and rewards[e, k] == np.float32(r)
         assert not valid[e, 251]  # the current observation: no action taken from it yet
         env.close()
+
+
+def hopper_healthy(obs):
+    """Hopper-v5's health rule, read from an observation (qpos[1:] then qvel clipped to +-10): height above 0.7,
+    torso angle within (-0.2, 0.2), every state entry within (-100, 100)."""
+    return obs[0] > 0.7 and -0.2 < obs[1] < 0.2 and bool(np.all(np.abs(obs[1:]) < 100))
+
+
+def test_terminations_of_a_real_mujoco_env_follow_its_health_rule(run, tmp_path):
+    """Hopper-v5 with uniformly random actions falls within tens of steps. In the buffer the real script
+    checkpoints, every stored termination flag must equal 'the stored s' is unhealthy', and the s' of a
+    terminal step must be that final (fallen) observation, with the healthy reset observation in the slot
+    after it starting the next episode."""
+    res = run(
+        "--env-id",
+        "Hopper-v5",
+        "--total-timesteps",
+        "400",
+        "--buffer-size",
+        "1000",
+        "--learning-starts",
+        "1000",
+        "--checkpoint-frequency",
+        "400",
+        "--eval-episodes",
+        "1",
+        "--device",
+        "cpu",
+        "--run-name",
+        "h",
+    )
+    assert res.returncode == 0, res.stderr
+    ckpt = tmp_path / "runs" / "h" / "checkpoints"
+    buf = ckpt / (ckpt / "latest").read_text().strip() / "buffer"
+    obs, _, rewards, terms, valid = (np.load(buf / f"{n}.npy")[0] for n in sac.ReplayBuffer.ARRAYS)
+    starts = np.flatnonzero(valid)
+    falls = [p for p in starts if not hopper_healthy(obs[p + 1])]
+    assert len(starts) == 400 and len(falls) >= 5, "precondition: 400 steps, several falls"
+    for p in starts:
+        s_next = obs[p + 1]
+        assert bool(terms[p]) == (not hopper_healthy(s_next)), (p, s_next[:2])
+        if terms[p]:
+            assert not valid[p + 1], "the final observation starts no transition"
+            assert hopper_healthy(obs[p + 2]), "the slot after the final observation holds the reset observation"
+            assert p + 2 == len(obs) - 1 or valid[p + 2]

@@ -11,6 +11,8 @@ test here compares graphed updates with eager ones.
 """
 
 import copy
+import os
+import shutil
 
 import numpy as np
 import pytest
@@ -33,15 +35,34 @@ def tensors(batch, device="cpu"):
 @pytest.fixture(scope="module")
 def pair():
     """(eager, compiled) agents with the same weights; the compiled one compiled on first use."""
+    compiler = os.environ.get("CXX", "g++")  # what Inductor builds its CPU kernels with
+    if shutil.which(compiler) is None:
+        pytest.skip(f"--compile on the CPU needs a C++ compiler ({compiler} not found); .ci/run installs g++")
     with inductor_config.patch(fallback_random=True):
         yield make_agent(), make_agent(compile=True)
 
 
 def test_compile_flag_compiles_the_losses(pair):
+    """Dynamo really captured the losses, each as whole graphs: a silent fall-back to eager (or a graph
+    break splitting a loss) would still give equal results in the tests below."""
+    from torch._dynamo.utils import counters
+
     eager, compiled = pair
     assert not hasattr(eager.critic_loss, "_torchdynamo_orig_callable")
-    assert compiled.critic_loss._torchdynamo_orig_callable is not None
-    assert compiled.actor_loss._torchdynamo_orig_callable is not None
+    batch = tensors(make_batch())
+    with inductor_config.patch(fallback_random=True):
+        compiled.critic_loss(*batch)  # compiles on the first call (if no other test here called it yet)
+        compiled.actor_loss(batch[0])
+    assert counters["stats"]["unique_graphs"] >= 2, dict(counters["stats"])  # at least one per loss
+    assert not counters["graph_break"], dict(counters["graph_break"])
+
+
+def backward_grads(loss, params):
+    """Gradients as the optimizer step sees them: loss.backward() into .grad (set to None first)."""
+    for p in params:
+        p.grad = None
+    loss.backward()
+    return [p.grad for p in params]
 
 
 def grads(loss, params):
@@ -74,14 +95,18 @@ def test_compiled_actor_loss_and_gradients_equal_eager(pair):
     with inductor_config.patch(fallback_random=True):
         for name, agent in (("eager", eager), ("compiled", compiled)):
             torch.manual_seed(8)
+            for p in agent.q_params:
+                p.grad = None
             loss, log_pi = agent.actor_loss(obs)
-            out[name] = (loss, log_pi.detach(), grads(loss, list(agent.actor.parameters())))
+            out[name] = (loss, log_pi.detach(), backward_grads(loss, list(agent.actor.parameters())))
     (loss_e, logp_e, g_e), (loss_c, logp_c, g_c) = out["eager"], out["compiled"]
     torch.testing.assert_close(loss_c, loss_e, **TOL)
     torch.testing.assert_close(logp_c, logp_e, **TOL)
     for a, b in zip(g_c, g_e):
+        assert a is not None and b is not None
         torch.testing.assert_close(a, b, **TOL)
-    assert all(p.grad is None for p in compiled.q_params)  # dQ/da only, compiled too
+    # a real backward(), which would fill the critics' .grad: dQ/da only, eager and compiled
+    assert all(p.grad is None for p in [*eager.q_params, *compiled.q_params])
 
 
 def test_compiled_updates_leave_the_same_weights(pair):
