@@ -12,6 +12,7 @@ import json
 import math
 import os
 import re
+import shlex
 import signal
 import subprocess
 import sys
@@ -39,19 +40,49 @@ def _load(name: str, path: Path):
 bench_run = _load("benchmark_run", BENCH / "run.py")  # not as "run", a name too common to claim
 
 SEEDS = ["1", "2"]
-TINY = ["--learning-starts", "500", "--eval-frequency", "500", "--eval-episodes", "2",
-        "--batch-size", "64", "--buffer-size", "5000"]
+TINY = [
+    "--learning-starts",
+    "500",
+    "--eval-frequency",
+    "500",
+    "--eval-episodes",
+    "2",
+    "--batch-size",
+    "64",
+    "--buffer-size",
+    "5000",
+]
 
 
 def runner(out: Path, *options: str, script_flags=TINY, timeout=300) -> subprocess.CompletedProcess:
-    cmd = [sys.executable, str(BENCH / "run.py"), "--envs", "Pendulum-v1", "--seeds", *SEEDS, "--jobs", "2",
-           "--threads", "1", "--device", "cpu", "--output-dir", str(out), *options, "--", *script_flags]
+    cmd = [
+        sys.executable,
+        str(BENCH / "run.py"),
+        "--envs",
+        "Pendulum-v1",
+        "--seeds",
+        *SEEDS,
+        "--jobs",
+        "2",
+        "--threads",
+        "1",
+        "--device",
+        "cpu",
+        "--output-dir",
+        str(out),
+        *options,
+        "--",
+        *script_flags,
+    ]
     return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=ROOT)
 
 
 def snapshot(directory: Path) -> dict:
-    return {str(p.relative_to(directory)): (p.stat().st_mtime_ns, p.stat().st_size)
-            for p in sorted(directory.rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(directory)): (p.stat().st_mtime_ns, p.stat().st_size)
+        for p in sorted(directory.rglob("*"))
+        if p.is_file()
+    }
 
 
 def events_files(run_dir: Path) -> list[Path]:
@@ -74,8 +105,17 @@ def tiny(tmp_path_factory):
     after_again = {d.name: snapshot(d) for d in run_dirs(out)}
     events_before = {d.name: events_files(d) for d in run_dirs(out)}
     extended = runner(out, "--total-timesteps", "1500")
-    return {"out": out, "first": first, "ckpt_first": ckpt_first, "again": again, "extended": extended, "after_first": after_first,
-            "after_again": after_again, "state_first": state_first, "events_before": events_before}
+    return {
+        "out": out,
+        "first": first,
+        "ckpt_first": ckpt_first,
+        "again": again,
+        "extended": extended,
+        "after_first": after_first,
+        "after_again": after_again,
+        "state_first": state_first,
+        "events_before": events_before,
+    }
 
 
 def test_first_invocation_trains_every_seed_to_the_total(tiny):
@@ -114,9 +154,27 @@ def test_larger_total_continues_each_run_from_its_checkpoint(tiny):
 
 
 def test_status_lists_every_run_with_its_steps(tiny):
-    out = subprocess.run([sys.executable, str(BENCH / "run.py"), "--envs", "Pendulum-v1", "--seeds", "1", "2", "3",
-                          "--output-dir", str(tiny["out"]), "--total-timesteps", "1500", "--status"],
-                         capture_output=True, text=True, timeout=120, cwd=ROOT)
+    out = subprocess.run(
+        [
+            sys.executable,
+            str(BENCH / "run.py"),
+            "--envs",
+            "Pendulum-v1",
+            "--seeds",
+            "1",
+            "2",
+            "3",
+            "--output-dir",
+            str(tiny["out"]),
+            "--total-timesteps",
+            "1500",
+            "--status",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=ROOT,
+    )
     assert out.returncode == 0, out.stderr
     rows = {line.split()[0]: line.split() for line in out.stdout.splitlines() if line.startswith("Pendulum")}
     assert rows["Pendulum-v1__seed1"][1:4] == ["done", "1,500", "1,500"]
@@ -127,18 +185,22 @@ def test_status_lists_every_run_with_its_steps(tiny):
 @pytest.fixture(scope="module")
 def written_report(tiny, tmp_path_factory):
     refs = tmp_path_factory.mktemp("refs") / "references.csv"
-    refs.write_text("env,env_version,label,value,std,steps,metric,source,note\n"
-                    "Pendulum,v1,same version,-1200,50,1500,test,written by the test,\n"
-                    "Pendulum,v0,older version,-1300,,1500,test,written by the test,\n"
-                    "Ant,v5,another env,3000,10,1000000,test,written by the test,\n")
+    refs.write_text(
+        "env,env_version,label,value,std,steps,metric,source,note\n"
+        "Pendulum,v1,same version,-1200,50,1500,test,written by the test,\n"
+        "Pendulum,v0,older version,-1300,,1500,test,written by the test,\n"
+        "Ant,v5,another env,3000,10,1000000,test,written by the test,\n"
+    )
     paths = report.write_report(tiny["out"], tiny["out"].parent / "report", refs)
     return paths, refs
 
 
 def eval_lines(log: Path) -> dict[int, float]:
     """'step 500: eval return -1503.2 ± 48.8 over 2 episodes' printed by the training script."""
-    return {int(m.group(1)): float(m.group(2))
-            for m in re.finditer(r"step (\d+): eval return (-?[\d.]+) ±", log.read_text())}
+    return {
+        int(m.group(1)): float(m.group(2))
+        for m in re.finditer(r"step (\d+): eval return (-?[\d.]+) ±", log.read_text())
+    }
 
 
 def test_report_csv_has_one_row_per_seed_and_evaluation(tiny, written_report):
@@ -206,13 +268,39 @@ def test_report_markdown_lists_each_seed_and_the_environment(tiny, written_repor
 def test_ctrl_c_is_forwarded_once_so_every_run_checkpoints(tmp_path):
     out = tmp_path / "runs"
     logs = [out / "_runner" / "logs" / f"Pendulum-v1__seed{s}.log" for s in SEEDS]
-    flags = ["--learning-starts", "1000000", "--eval-frequency", "1000", "--eval-episodes", "1", "--buffer-size", "5000"]
-    cmd = [sys.executable, str(BENCH / "run.py"), "--envs", "Pendulum-v1", "--seeds", *SEEDS, "--jobs", "2",
-           "--threads", "1", "--device", "cpu", "--output-dir", str(out), "--", *flags]
+    flags = [
+        "--learning-starts",
+        "1000000",
+        "--eval-frequency",
+        "1000",
+        "--eval-episodes",
+        "1",
+        "--buffer-size",
+        "5000",
+    ]
+    cmd = [
+        sys.executable,
+        str(BENCH / "run.py"),
+        "--envs",
+        "Pendulum-v1",
+        "--seeds",
+        *SEEDS,
+        "--jobs",
+        "2",
+        "--threads",
+        "1",
+        "--device",
+        "cpu",
+        "--output-dir",
+        str(out),
+        "--",
+        *flags,
+    ]
     # its own process group, signalled as a whole below, like a terminal's Ctrl-C: the runs must not
     # get that SIGINT as well as the runner's, or they would quit without a checkpoint (exit 130)
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT,
-                            start_new_session=True)
+    proc = subprocess.Popen(
+        cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT, start_new_session=True
+    )
     try:
         deadline = time.time() + 120
         while not all(p.exists() and "step 1000: eval" in p.read_text() for p in logs):  # both are training
@@ -263,8 +351,23 @@ def test_exit_codes_are_reported_and_diverged_runs_are_not_retried(tmp_path, mon
     monkeypatch.setattr(bench_run, "SCRIPT", fake)
     monkeypatch.setenv("FAKE_LAUNCHES", str(launches))
     out = tmp_path / "runs"
-    argv = ["--envs", "Pendulum-v1", "--seeds", "1", "2", "3", "4", "--jobs", "4", "--device", "cpu",
-            "--output-dir", str(out), "--total-timesteps", "100"]
+    argv = [
+        "--envs",
+        "Pendulum-v1",
+        "--seeds",
+        "1",
+        "2",
+        "3",
+        "4",
+        "--jobs",
+        "4",
+        "--device",
+        "cpu",
+        "--output-dir",
+        str(out),
+        "--total-timesteps",
+        "100",
+    ]
 
     assert bench_run.main(argv) == 1  # a failure and a divergence
     state = json.loads((out / "_runner" / "state.json").read_text())["runs"]
@@ -274,16 +377,10 @@ def test_exit_codes_are_reported_and_diverged_runs_are_not_retried(tmp_path, mon
     printed = capsys.readouterr().out
     assert "[Pendulum-v1__seed1] DIVERGED" in printed and "[Pendulum-v1__seed2] FAILED (exit 2)" in printed
 
-    # a run directory without a checkpoint (stopped before its first one) cannot be continued
-    leftover = out / "Pendulum-v1__seed3"
-    leftover.mkdir()
-    (leftover / "args.json").write_text("{}")
+    # the same command again: everything but the diverged run starts again
     assert bench_run.main(argv) == 1
     assert sorted(launches.read_text().split()) == ["1", "2", "2", "3", "3", "4", "4"]  # seed 1 left alone
-    printed = capsys.readouterr().out
-    assert "[Pendulum-v1__seed1] skipped: diverged" in printed
-    assert "[Pendulum-v1__seed3] had no checkpoint" in printed and not leftover.exists()
-    assert [p.name for p in (out / "_runner" / "stale").iterdir()][0].startswith("Pendulum-v1__seed3-")
+    assert "[Pendulum-v1__seed1] skipped: diverged" in capsys.readouterr().out
 
     bench_run.main(argv + ["--retry-failed"])
     assert launches.read_text().split().count("1") == 2
@@ -300,9 +397,22 @@ def test_runner_refuses_flags_it_sets_itself(tmp_path, capsys):
 
 
 def test_settings_are_the_design_notebook_ones_and_script_flags_override_them(tmp_path):
-    args, extras = bench_run.parse(["--envs", "Ant-v5", "Humanoid-v5", "--seeds", "1", "--device", "cuda:0,cuda:1",
-                                    "--", "--q-lr", "1e-3", "--no-autotune"])
-    specs = bench_run.plan(args, bench_run.load_configs(bench_run.CONFIGS), extras)
+    args, extras = bench_run.parse(
+        [
+            "--envs",
+            "Ant-v5",
+            "Humanoid-v5",
+            "--seeds",
+            "1",
+            "--device",
+            "cuda:0,cuda:1",
+            "--",
+            "--q-lr",
+            "1e-3",
+            "--no-autotune",
+        ]
+    )
+    specs = bench_run.plan(args, json.loads(bench_run.CONFIGS.read_text()), extras)
     commands = {s.env: bench_run.command(s, tmp_path) for s in specs}
 
     def flag(cmd, name):
@@ -336,16 +446,105 @@ def test_references_name_a_source_and_version_for_every_number():
         assert all(("not v5" in r["legend"]) != r["same_version"] for r in drawn)
 
 
-def test_throughput_probe_times_k_concurrent_runs(tmp_path):
-    result = tmp_path / "probe.json"
-    code = bench_run.main(["--envs", "Pendulum-v1", "--throughput-probe", "1,2", "--probe-steps", "60",
-                           "--probe-learning-starts", "64", "--threads", "1", "--device", "cpu",
-                           "--probe-json", str(result), "--", "--batch-size", "32", "--buffer-size", "2000",
-                           "--log-frequency", "10"])
-    assert code == 0
-    data = json.loads(result.read_text())
-    assert [r["k"] for r in data["results"]] == [1, 2]
-    assert [len(r["per_run_sps"]) for r in data["results"]] == [1, 2]
-    for r in data["results"]:
-        assert all(v > 0 and math.isfinite(v) for v in r["per_run_sps"])
-        assert r["total_sps"] == pytest.approx(sum(r["per_run_sps"]))
+def test_slurm_dry_run_writes_one_array_task_per_run_with_the_local_command(tmp_path, capsys):
+    out = tmp_path / "runs"
+    argv = ["--envs", "Ant-v5", "Humanoid-v5", "--seeds", "1", "2", "--output-dir", str(out), "--slurm", "--dry-run"]
+    argv += ["--partition", "gpu", "--time", "08:00:00", "--gpus-per-task", "1", "--cpus-per-task", "4"]
+    assert bench_run.main(argv + ["--max-parallel", "3", "--", "--q-lr", "1e-3"]) == 0
+    printed = capsys.readouterr().out
+    script = (out / "_slurm" / "sac_array.sh").read_text()
+    assert printed.startswith(script) and printed.rstrip().endswith(f"--array=0,1,2,3%3 {out}/_slurm/sac_array.sh")
+    directives = re.findall(r"^#SBATCH (\S+)$", script, re.M)
+    for d in [
+        "--array=0-3%3",
+        "--partition=gpu",
+        "--time=08:00:00",
+        "--gpus-per-task=1",
+        "--cpus-per-task=4",
+        "--mem=6G",
+        "--signal=B:USR1@300",
+        "--requeue",
+        f"--output={out}/_slurm/logs/slurm-%A_%a.out",
+    ]:
+        assert d in directives, directives
+    args, extras = bench_run.parse(argv + ["--", "--q-lr", "1e-3"])
+    specs = bench_run.plan(args, json.loads(bench_run.CONFIGS.read_text()), extras)
+    cases = re.findall(r"^(\d+)\) NAME=(\S+); CMD=\((.*)\) ;;$", script, re.M)
+    assert {int(i): (n, c) for i, n, c in cases} == {
+        i: (s.name, shlex.join(bench_run.command(s, out))) for i, s in enumerate(specs)
+    }  # the same command as a local run
+    assert not (out / "_runner").exists()  # nothing submitted, nothing recorded
+
+
+FAKE_RUN = """
+import os, signal, sys, time
+got = []
+signal.signal(signal.SIGTERM, lambda s, f: got.append(s))
+open(os.environ["FAKE_READY"], "w").close()
+for _ in range(600):
+    if got:
+        break
+    time.sleep(0.05)
+time.sleep(1)  # a second SIGTERM, if one comes, arrives in this second
+print(f"fake run: {len(got)} SIGTERM", flush=True)
+sys.exit(int(os.environ["FAKE_EXIT"]) if got else 0)
+"""
+FAKE_SCONTROL = """#!/bin/sh
+echo "$*" >> "$FAKE_SCONTROL_LOG"
+[ "$1" = show ] && echo "JobId=8 ArrayJobId=7 ArrayTaskId=0 JobState=$FAKE_STATE Reason=None"
+exit 0
+"""
+
+
+@pytest.mark.parametrize(
+    "case, signal_to, state, run_exit, requeued",
+    [
+        ("time limit near: USR1 to the batch shell", "shell:USR1", "RUNNING", 75, True),
+        ("SIGTERM to the batch shell alone", "shell:TERM", "RUNNING", 75, True),
+        ("Slurm requeues or preempts: SIGTERM to every process", "group:TERM", "COMPLETING", 75, False),
+        ("the run diverges while stopping", "shell:USR1", "RUNNING", 3, False),
+    ],
+)
+def test_slurm_task_passes_exactly_one_sigterm_on_and_requeues_only_itself(
+    tmp_path, monkeypatch, case, signal_to, state, run_exit, requeued
+):
+    """The task body (benchmark/slurm_task.sh) without a cluster: a stand-in run and a stand-in scontrol."""
+    (tmp_path / "fake_sac.py").write_text(FAKE_RUN)
+    (tmp_path / "bin").mkdir()
+    (tmp_path / "bin" / "scontrol").write_text(FAKE_SCONTROL)
+    (tmp_path / "bin" / "scontrol").chmod(0o755)
+    monkeypatch.setattr(bench_run, "SCRIPT", tmp_path / "fake_sac.py")
+    out = tmp_path / "runs"
+    assert (
+        bench_run.main(["--envs", "Pendulum-v1", "--seeds", "1", "--output-dir", str(out), "--slurm", "--dry-run"]) == 0
+    )
+    env = dict(
+        os.environ,
+        SLURM_ARRAY_JOB_ID="7",
+        SLURM_ARRAY_TASK_ID="0",
+        SLURM_JOB_ID="8",
+        FAKE_STATE=state,
+        FAKE_EXIT=str(run_exit),
+        FAKE_READY=str(tmp_path / "ready"),
+        FAKE_SCONTROL_LOG=str(tmp_path / "calls"),
+        PATH=f"{tmp_path / 'bin'}:{os.environ['PATH']}",
+    )
+    task = subprocess.Popen(["bash", str(out / "_slurm" / "sac_array.sh")], env=env, start_new_session=True)
+    try:
+        deadline = time.time() + 60
+        while not (tmp_path / "ready").exists():
+            assert task.poll() is None and time.time() < deadline, "the stand-in run did not start"
+            time.sleep(0.05)
+        where, name = signal_to.split(":")
+        sig = getattr(signal, f"SIG{name}")
+        os.killpg(task.pid, sig) if where == "group" else os.kill(task.pid, sig)
+        assert task.wait(timeout=60) == run_exit
+    finally:
+        if task.poll() is None:
+            os.killpg(task.pid, signal.SIGKILL)
+    text = (out / "_slurm" / "logs" / "Pendulum-v1__seed1.log").read_text()
+    assert "fake run: 1 SIGTERM" in text, text  # exactly one: a second would stop a real run without its checkpoint
+    calls = (tmp_path / "calls").read_text() if (tmp_path / "calls").exists() else ""
+    assert ("requeue 7_0" in calls) == requeued, calls  # the array task itself, never the whole array
+    assert re.search(rf"^\[slurm 7_0 \S+\] exit {run_exit}", text, re.M), text
+    assert bench_run.slurm.last_exit(out, "Pendulum-v1__seed1") == run_exit
