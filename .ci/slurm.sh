@@ -26,25 +26,25 @@ install_slurm() {
 
 # stop jobs, then the daemons, each by the pid this script recorded in DIR/pids
 teardown() {
-    local dir=$1 pid i
+    local dir=$1 pid
     [ -f "$dir/pids" ] || return 0
     export SLURM_CONF=$dir/slurm.conf
     if squeue -h -o %A 2>/dev/null | grep -q .; then
         log "cancelling the jobs left in the cluster"
         scancel --full --user=root 2>/dev/null
-        for i in $(seq 60); do squeue -h -o %A 2>/dev/null | grep -q . || break; sleep 1; done
+        for _ in $(seq 60); do squeue -h -o %A 2>/dev/null | grep -q . || break; sleep 1; done
     fi
     # slurmd first, so that nothing new starts; munged last, since the others use it until they exit
     for pid in $(tac "$dir/pids"); do
         kill "$pid" 2>/dev/null || continue
-        for i in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.2; done
+        for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.2; done
         kill -0 "$pid" 2>/dev/null && kill -9 "$pid" 2>/dev/null
     done
     rm -f "$dir/pids"
 }
 
 bringup() {
-    local dir=$1 host node i
+    local dir=$1 host node
     mkdir -p "$dir/state" "$dir/spool" "$dir/run"
     host=$(hostname -s)
     # the node's CPUs, memory etc. as slurmd sees them; CPUs raised to 4 (SlurmdParameters below keeps the
@@ -84,12 +84,12 @@ EOF
     mkdir -p /run/munge && chown munge:munge /run/munge && chmod 755 /run/munge
     setpriv --reuid=munge --regid=munge --init-groups /usr/sbin/munged -F >"$dir/munged.log" 2>&1 &
     echo $! >>"$dir/pids"
-    for i in $(seq 50); do [ -S /run/munge/munge.socket.2 ] && break; sleep 0.1; done
+    for _ in $(seq 50); do [ -S /run/munge/munge.socket.2 ] && break; sleep 0.1; done
     slurmctld -D -f "$dir/slurm.conf" >>"$dir/slurmctld.out" 2>&1 &
     echo $! >>"$dir/pids"
     slurmd -D -f "$dir/slurm.conf" >>"$dir/slurmd.out" 2>&1 &
     echo $! >>"$dir/pids"
-    for i in $(seq 120); do
+    for _ in $(seq 120); do
         sinfo -h -o %t 2>/dev/null | grep -qx idle && { log "cluster up: $(sinfo -h -o '%P %D %c CPUs %t')"; return 0; }
         sleep 0.5
     done
@@ -117,6 +117,7 @@ fi
 DIR=$(mktemp -d /tmp/slurm-ci.XXXXXX)
 trap 'teardown "$DIR"; rm -rf "$DIR"' EXIT
 bringup "$DIR" || exit 1
+# shellcheck disable=SC2086  # PYTEST_ARGS: several words
 SAC_SLURM_CLUSTER=1 "$PYTHON" -m pytest -q -rs --durations=5 -p no:cacheprovider tests/test_slurm.py ${PYTEST_ARGS:-}
 code=$?
 log "tests/test_slurm.py exit $code"

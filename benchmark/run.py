@@ -6,12 +6,12 @@
     python benchmark/run.py --status                           # done / running / pending, steps reached
     python benchmark/run.py --envs Hopper-v5 --total-timesteps 50000 -- --eval-episodes 5
 
-Every run is `python sac_continuous.py --resume auto --run-name <env>__seed<seed> ...` in <output-dir>: run
-again, it continues from its last checkpoint (or starts over if it had none), so the same command again
-continues unfinished runs and skips finished ones. Locally, Ctrl-C is forwarded once to every run (it writes
-a checkpoint and exits 75). On Slurm (benchmark/slurm.py) a task checkpoints and requeues itself before its
-time limit. Settings come from benchmark/configs.json; flags after `--` go to the script and override them.
-Exit code: 0 all runs done (or submitted), 1 a run failed or diverged, 2 bad input, 75 stopped or unfinished.
+Every run is `python sac_continuous.py --resume auto --run-name <env>__seed<seed> ...`, which continues from
+its last checkpoint (or starts over if it had none): the same command again continues unfinished runs and
+skips finished ones. Ctrl-C is forwarded once to every local run (it checkpoints and exits 75); on Slurm
+(benchmark/slurm.py) a task checkpoints and requeues itself before its time limit. Settings come from
+benchmark/configs.json; flags after `--` go to the script. Exit code: 0 all done (or submitted), 1 a run
+failed or diverged, 2 bad input, 75 stopped or unfinished.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ import signal
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -108,9 +108,7 @@ def plan(args, configs: dict, extras: list[tuple[str, str | None]]) -> list[Spec
         target = args.total_timesteps or int(dict(flags).get("total-timesteps") or 1_000_000)
         flags = [(n, v) for n, v in merge_flags(flags, extras) if base_name(n) != "total-timesteps"]
         specs += [Spec(env, seed, target, flags) for seed in args.seeds]
-    for i, spec in enumerate(specs):  # several GPUs: runs are dealt out in turn
-        spec.device = devices[i % len(devices)]
-    return specs
+    return [replace(s, device=devices[i % len(devices)]) for i, s in enumerate(specs)]  # several GPUs: in turn
 
 
 def command(spec: Spec, out: Path) -> list[str]:

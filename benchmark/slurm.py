@@ -40,16 +40,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def queued(runs: dict) -> dict[str, str]:
     """'<array job>_<task>' -> Slurm state (RUNNING, PENDING, ...) of the tasks in `runs` still in the queue."""
-    jobs = sorted({info["slurm"].split("_")[0] for info in runs.values() if info.get("slurm")})
-    if not jobs:
+    tasks = {info["slurm"] for info in runs.values() if info.get("slurm")}
+    if not tasks:
         return {}
-    try:
-        res = subprocess.run(
-            ["squeue", "-h", "-r", "-o", "%i %T", "-j", ",".join(jobs)], capture_output=True, text=True
-        )
+    try:  # all the user's tasks: asked by job id, squeue fails on a job it has forgotten
+        res = subprocess.run(["squeue", "-h", "-r", "--me", "-o", "%i %T"], capture_output=True, text=True)
     except OSError:  # no squeue on this machine
         return {}
-    return dict(line.split()[:2] for line in res.stdout.splitlines() if len(line.split()) == 2)
+    return {w[0]: w[1] for w in map(str.split, res.stdout.splitlines()) if len(w) == 2 and w[0] in tasks}
 
 
 def last_exit(out: Path, name: str) -> int | None:

@@ -9,6 +9,7 @@
 #   job, the run included, so it is not passed on. Slurm puts a requeued or preempted job back in the
 #   queue itself; a cancelled one stays cancelled. A SIGTERM to this shell alone while the job still
 #   runs (scancel --batch --signal=TERM) is passed on like SIGUSR1.
+# shellcheck disable=SC2317  # (stop_run and on_term run from traps)
 exec >>"$LOG" 2>&1
 task=${SLURM_ARRAY_JOB_ID}_${SLURM_ARRAY_TASK_ID}
 say() { echo "[slurm $task $(date +%FT%T)] $*"; }
@@ -60,7 +61,8 @@ case $code in
     state=$(job_state)
     if [ "$state" = RUNNING ]; then
         say "exit $code: requeueing $task, which continues the run"
-        scontrol requeue "$task" || say "scontrol requeue failed: resubmit with benchmark/run.py --slurm"
+        # the requeue sends SIGTERM to this job's processes, scontrol included: it must not die of it
+        (trap '' TERM && exec scontrol requeue "$task") || say "scontrol requeue failed: resubmit with run.py --slurm"
     else
         say "exit $code: job state $state; Slurm requeues a requeued or preempted job itself"
     fi
