@@ -161,7 +161,8 @@ def status_of(spec: Spec, out: Path, state: dict, queue: dict[str, str], live=()
         steps = max(ckpt or 0, report.last_logged_step(out / spec.name))
         return status, steps, note or ("no checkpoint yet" if ckpt is None else f"checkpoint at {ckpt:,}")
     status = "pending" if status == "done" else status  # done at an earlier, smaller total
-    if status in ("interrupted", "stopped", "aborted", "killed") or (status == "pending" and ckpt):
+    unfinished = status in ("interrupted", "stopped", "aborted", "killed") or (status == "pending" and ckpt)
+    if unfinished and job not in queue:  # (Slurm continues a queued one itself)
         note = (note + "; " if note else "") + "re-run to continue"
     return status, ckpt or 0, note
 

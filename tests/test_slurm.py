@@ -99,6 +99,7 @@ def runs(cluster, tmp_path_factory):
         wait_for(lambda: "step 1000: eval" in log(arr, 2), "seed 2 to train past step 1000", deadline, dump)
         res = subprocess.run(["scontrol", "requeue", f"{job}_1"], capture_output=True, text=True)
         assert res.returncode == 0, res.stderr
+        during = runner(arr, ["1", "2"], TOTAL, "--status").stdout  # while the tasks are in the queue
         wait_for(lambda: not in_queue(job, job_limited), "both arrays to finish", deadline, dump)
         out, _ = reference.communicate(timeout=max(10, deadline - time.time()))
         assert reference.returncode == 0, out
@@ -107,7 +108,7 @@ def runs(cluster, tmp_path_factory):
         if reference.poll() is None:
             reference.kill()
     print(f"\nthe three runs took {time.time() - t0:.0f} s", file=sys.stderr)
-    return {"array": arr, "limited": limited, "reference": ref, "job": job}
+    return {"array": arr, "limited": limited, "reference": ref, "job": job, "status_during": during}
 
 
 def test_array_runs_every_seed_and_the_report_reads_them(runs):
@@ -115,6 +116,13 @@ def test_array_runs_every_seed_and_the_report_reads_them(runs):
     for seed in (1, 2):
         assert report.checkpoint_step(arr / f"Pendulum-v1__seed{seed}") == TOTAL, log(arr, seed)
         assert re.search(r"^\[slurm \S+ \S+\] exit 0: done$", log(arr, seed), re.M), log(arr, seed)
+    during = {line.split()[0]: line for line in runs["status_during"].splitlines() if line.startswith("Pendulum")}
+    for seed in (1, 2):  # Slurm's state of the task, as --status showed it mid-run
+        row = during[f"Pendulum-v1__seed{seed}"]
+        assert (
+            row.split()[1] in ("running", "pending", "requeued", "completing")
+            and f"Slurm job {runs['job']}_{seed - 1}" in row
+        ), runs["status_during"]
     status = runner(arr, ["1", "2"], TOTAL, "--status")
     rows = {line.split()[0]: line.split()[1:4] for line in status.stdout.splitlines() if line.startswith("Pendulum")}
     assert rows == {f"Pendulum-v1__seed{s}": ["done", f"{TOTAL:,}", f"{TOTAL:,}"] for s in (1, 2)}, status.stdout
