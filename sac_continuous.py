@@ -214,7 +214,8 @@ def check_rendering(env_id: str, capture_video: bool) -> None:
             env.render()
         except gym.error.DependencyNotInstalled as e:
             raise UserError(
-                f"--capture-video: {env_id} cannot render ({str(e).splitlines()[0]}); install that or drop --capture-video"
+                f"--capture-video: {env_id} cannot render ({str(e).splitlines()[0]}); "
+                "install that or drop --capture-video"
             ) from None
         finally:
             env.close()

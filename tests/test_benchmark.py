@@ -12,6 +12,7 @@ import json
 import math
 import os
 import re
+import shlex
 import signal
 import subprocess
 import sys
@@ -385,16 +386,10 @@ def test_exit_codes_are_reported_and_diverged_runs_are_not_retried(tmp_path, mon
     printed = capsys.readouterr().out
     assert "[Pendulum-v1__seed1] DIVERGED" in printed and "[Pendulum-v1__seed2] FAILED (exit 2)" in printed
 
-    # a run directory without a checkpoint (stopped before its first one) cannot be continued
-    leftover = out / "Pendulum-v1__seed3"
-    leftover.mkdir()
-    (leftover / "args.json").write_text("{}")
+    # the same command again: everything but the diverged run starts again
     assert bench_run.main(argv) == 1
     assert sorted(launches.read_text().split()) == ["1", "2", "2", "3", "3", "4", "4"]  # seed 1 left alone
-    printed = capsys.readouterr().out
-    assert "[Pendulum-v1__seed1] skipped: diverged" in printed
-    assert "[Pendulum-v1__seed3] had no checkpoint" in printed and not leftover.exists()
-    assert [p.name for p in (out / "_runner" / "stale").iterdir()][0].startswith("Pendulum-v1__seed3-")
+    assert "[Pendulum-v1__seed1] skipped: diverged" in capsys.readouterr().out
 
     bench_run.main(argv + ["--retry-failed"])
     assert launches.read_text().split().count("1") == 2
@@ -426,7 +421,7 @@ def test_settings_are_the_design_notebook_ones_and_script_flags_override_them(tm
             "--no-autotune",
         ]
     )
-    specs = bench_run.plan(args, bench_run.load_configs(bench_run.CONFIGS), extras)
+    specs = bench_run.plan(args, json.loads(bench_run.CONFIGS.read_text()), extras)
     commands = {s.env: bench_run.command(s, tmp_path) for s in specs}
 
     def flag(cmd, name):
@@ -460,37 +455,105 @@ def test_references_name_a_source_and_version_for_every_number():
         assert all(("not v5" in r["legend"]) != r["same_version"] for r in drawn)
 
 
-def test_throughput_probe_times_k_concurrent_runs(tmp_path):
-    result = tmp_path / "probe.json"
-    code = bench_run.main(
-        [
-            "--envs",
-            "Pendulum-v1",
-            "--throughput-probe",
-            "1,2",
-            "--probe-steps",
-            "60",
-            "--probe-learning-starts",
-            "64",
-            "--threads",
-            "1",
-            "--device",
-            "cpu",
-            "--probe-json",
-            str(result),
-            "--",
-            "--batch-size",
-            "32",
-            "--buffer-size",
-            "2000",
-            "--log-frequency",
-            "10",
-        ]
+def test_slurm_dry_run_writes_one_array_task_per_run_with_the_local_command(tmp_path, capsys):
+    out = tmp_path / "runs"
+    argv = ["--envs", "Ant-v5", "Humanoid-v5", "--seeds", "1", "2", "--output-dir", str(out), "--slurm", "--dry-run"]
+    argv += ["--partition", "gpu", "--time", "08:00:00", "--gpus-per-task", "1", "--cpus-per-task", "4"]
+    assert bench_run.main(argv + ["--max-parallel", "3", "--", "--q-lr", "1e-3"]) == 0
+    printed = capsys.readouterr().out
+    script = (out / "_slurm" / "sac_array.sh").read_text()
+    assert printed.startswith(script) and printed.rstrip().endswith(f"--array=0,1,2,3%3 {out}/_slurm/sac_array.sh")
+    directives = re.findall(r"^#SBATCH (\S+)$", script, re.M)
+    for d in [
+        "--array=0-3%3",
+        "--partition=gpu",
+        "--time=08:00:00",
+        "--gpus-per-task=1",
+        "--cpus-per-task=4",
+        "--mem=6G",
+        "--signal=B:USR1@300",
+        "--requeue",
+        f"--output={out}/_slurm/logs/slurm-%A_%a.out",
+    ]:
+        assert d in directives, directives
+    args, extras = bench_run.parse(argv + ["--", "--q-lr", "1e-3"])
+    specs = bench_run.plan(args, json.loads(bench_run.CONFIGS.read_text()), extras)
+    cases = re.findall(r"^(\d+)\) NAME=(\S+); CMD=\((.*)\) ;;$", script, re.M)
+    assert {int(i): (n, c) for i, n, c in cases} == {
+        i: (s.name, shlex.join(bench_run.command(s, out))) for i, s in enumerate(specs)
+    }  # the same command as a local run
+    assert not (out / "_runner").exists()  # nothing submitted, nothing recorded
+
+
+FAKE_RUN = """
+import os, signal, sys, time
+got = []
+signal.signal(signal.SIGTERM, lambda s, f: got.append(s))
+open(os.environ["FAKE_READY"], "w").close()
+for _ in range(600):
+    if got:
+        break
+    time.sleep(0.05)
+time.sleep(1)  # a second SIGTERM, if one comes, arrives in this second
+print(f"fake run: {len(got)} SIGTERM", flush=True)
+sys.exit(int(os.environ["FAKE_EXIT"]) if got else 0)
+"""
+FAKE_SCONTROL = """#!/bin/sh
+echo "$*" >> "$FAKE_SCONTROL_LOG"
+[ "$1" = show ] && echo "JobId=8 ArrayJobId=7 ArrayTaskId=0 JobState=$FAKE_STATE Reason=None"
+exit 0
+"""
+
+
+@pytest.mark.parametrize(
+    "case, signal_to, state, run_exit, requeued",
+    [
+        ("time limit near: USR1 to the batch shell", "shell:USR1", "RUNNING", 75, True),
+        ("SIGTERM to the batch shell alone", "shell:TERM", "RUNNING", 75, True),
+        ("Slurm requeues or preempts: SIGTERM to every process", "group:TERM", "COMPLETING", 75, False),
+        ("the run diverges while stopping", "shell:USR1", "RUNNING", 3, False),
+    ],
+)
+def test_slurm_task_passes_exactly_one_sigterm_on_and_requeues_only_itself(
+    tmp_path, monkeypatch, case, signal_to, state, run_exit, requeued
+):
+    """The task body (benchmark/slurm_task.sh) without a cluster: a stand-in run and a stand-in scontrol."""
+    (tmp_path / "fake_sac.py").write_text(FAKE_RUN)
+    (tmp_path / "bin").mkdir()
+    (tmp_path / "bin" / "scontrol").write_text(FAKE_SCONTROL)
+    (tmp_path / "bin" / "scontrol").chmod(0o755)
+    monkeypatch.setattr(bench_run, "SCRIPT", tmp_path / "fake_sac.py")
+    out = tmp_path / "runs"
+    assert (
+        bench_run.main(["--envs", "Pendulum-v1", "--seeds", "1", "--output-dir", str(out), "--slurm", "--dry-run"]) == 0
     )
-    assert code == 0
-    data = json.loads(result.read_text())
-    assert [r["k"] for r in data["results"]] == [1, 2]
-    assert [len(r["per_run_sps"]) for r in data["results"]] == [1, 2]
-    for r in data["results"]:
-        assert all(v > 0 and math.isfinite(v) for v in r["per_run_sps"])
-        assert r["total_sps"] == pytest.approx(sum(r["per_run_sps"]))
+    env = dict(
+        os.environ,
+        SLURM_ARRAY_JOB_ID="7",
+        SLURM_ARRAY_TASK_ID="0",
+        SLURM_JOB_ID="8",
+        FAKE_STATE=state,
+        FAKE_EXIT=str(run_exit),
+        FAKE_READY=str(tmp_path / "ready"),
+        FAKE_SCONTROL_LOG=str(tmp_path / "calls"),
+        PATH=f"{tmp_path / 'bin'}:{os.environ['PATH']}",
+    )
+    task = subprocess.Popen(["bash", str(out / "_slurm" / "sac_array.sh")], env=env, start_new_session=True)
+    try:
+        deadline = time.time() + 60
+        while not (tmp_path / "ready").exists():
+            assert task.poll() is None and time.time() < deadline, "the stand-in run did not start"
+            time.sleep(0.05)
+        where, name = signal_to.split(":")
+        sig = getattr(signal, f"SIG{name}")
+        os.killpg(task.pid, sig) if where == "group" else os.kill(task.pid, sig)
+        assert task.wait(timeout=60) == run_exit
+    finally:
+        if task.poll() is None:
+            os.killpg(task.pid, signal.SIGKILL)
+    text = (out / "_slurm" / "logs" / "Pendulum-v1__seed1.log").read_text()
+    assert "fake run: 1 SIGTERM" in text, text  # exactly one: a second would stop a real run without its checkpoint
+    calls = (tmp_path / "calls").read_text() if (tmp_path / "calls").exists() else ""
+    assert ("requeue 7_0" in calls) == requeued, calls  # the array task itself, never the whole array
+    assert re.search(rf"^\[slurm 7_0 \S+\] exit {run_exit}", text, re.M), text
+    assert bench_run.slurm.last_exit(out, "Pendulum-v1__seed1") == run_exit

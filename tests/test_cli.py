@@ -13,9 +13,9 @@ import sys
 import numpy as np
 import pytest
 import torch
+from conftest import SCRIPT
 
 import sac_continuous as sac
-from conftest import SCRIPT
 
 # A complete, tiny Pendulum-v1 run: each case below breaks exactly one thing in it.
 FAST = {

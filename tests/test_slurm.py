@@ -1,0 +1,175 @@
+"""benchmark/run.py --slurm against a real Slurm cluster: `bash .ci/slurm.sh` brings up a single-node one on
+this machine (root), runs this file against it with SAC_SLURM_CLUSTER=1, and stops it. Without that
+variable every test here is skipped, with the reason; with it, a cluster that does not answer is a failure.
+
+Three submissions run side by side (about 2-3 minutes on 2 cores): a two-seed array of which one task is
+requeued mid-run (`scontrol requeue`), a one-task array whose time limit comes before the run ends, and,
+outside Slurm, an uninterrupted run of the requeued seed to compare the final model with, bit for bit.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+BENCH = ROOT / "benchmark"
+sys.path.insert(0, str(BENCH))
+import report  # noqa: E402  (benchmark/report.py)
+
+pytestmark = pytest.mark.skipif(
+    os.environ.get("SAC_SLURM_CLUSTER") != "1",
+    reason="no Slurm cluster: `bash .ci/slurm.sh` (as root) brings one up here and runs these tests against it",
+)
+
+TINY = ["--learning-starts", "500", "--eval-frequency", "500", "--eval-episodes", "2", "--batch-size", "64"]
+TINY += ["--buffer-size", "10000"]
+TOTAL = 4000  # the requeued array (seeds 1, 2) and the reference run of seed 2
+TOTAL_LIMITED = 12000  # on 2 cores longer than 80 s, by when the warning has come for sure: cut at least once
+DEADLINE = 600  # seconds for everything to finish (about 3 minutes on 2 idle cores)
+
+
+def runner(out: Path, seeds: list[str], total: int, *options: str) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, str(BENCH / "run.py"), "--envs", "Pendulum-v1", "--seeds", *seeds, "--device", "cpu"]
+    cmd += ["--output-dir", str(out), "--total-timesteps", str(total), *options, "--", *TINY]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=120, cwd=ROOT)
+
+
+def submit(out: Path, seeds: list[str], total: int, *options: str) -> str:
+    res = runner(out, seeds, total, "--slurm", "--mem", "1G", "--cpus-per-task", "1", *options)
+    assert res.returncode == 0, res.stdout + res.stderr
+    return re.search(r"as Slurm job array (\d+)", res.stdout).group(1)
+
+
+def in_queue(*jobs: str) -> list[str]:
+    res = subprocess.run(["squeue", "-h", "-r", "-o", "%i %T", "-j", ",".join(jobs)], capture_output=True, text=True)
+    return res.stdout.split("\n")[:-1]
+
+
+def log(out: Path, seed: int) -> str:
+    path = out / "_slurm" / "logs" / f"Pendulum-v1__seed{seed}.log"
+    return path.read_text(errors="replace") if path.exists() else ""
+
+
+def wait_for(condition, what: str, deadline: float, dump: list[Path]) -> None:
+    while not condition():
+        if time.time() > deadline:
+            logs = "\n".join(f"== {p}\n{p.read_text(errors='replace')[-3000:]}" for p in dump if p.is_file())
+            queue = subprocess.run(["squeue"], capture_output=True, text=True).stdout
+            pytest.fail(f"timed out waiting for {what}; squeue:\n{queue}\n{logs}")
+        time.sleep(1)
+
+
+def snapshot(directory: Path) -> dict:
+    return {str(p.relative_to(directory)): (p.stat().st_mtime_ns, p.stat().st_size)
+            for p in sorted(directory.rglob("*")) if p.is_file()}  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    res = subprocess.run(["sinfo", "-h", "-o", "%t"], capture_output=True, text=True)
+    if res.returncode != 0 or not {"idle", "mix"} & set(res.stdout.split()):
+        pytest.fail(f"SAC_SLURM_CLUSTER=1 but the cluster does not answer: sinfo says {res.stdout + res.stderr!r}")
+
+
+@pytest.fixture(scope="module")
+def runs(cluster, tmp_path_factory):
+    """Submits both arrays and starts the reference run; requeues seed 2 mid-run; waits for the end."""
+    base = tmp_path_factory.mktemp("slurm")
+    arr, limited, ref = base / "array", base / "limited", base / "reference"
+    t0 = time.time()
+    job = submit(arr, ["1", "2"], TOTAL, "--time", "00:10:00")
+    # Slurm checks time limits once a minute and sends the warning at the first check less than 70 + 30 s
+    # before the limit: here 20 to 80 s into each 2-minute stay, after start-up and well before the limit
+    job_limited = submit(limited, ["3"], TOTAL_LIMITED, "--time", "00:02:00", "--signal-before", "70")
+    reference = subprocess.Popen(
+        [sys.executable, str(BENCH / "run.py"), "--envs", "Pendulum-v1", "--seeds", "2", "--device", "cpu",
+         "--threads", "1", "--output-dir", str(ref), "--total-timesteps", str(TOTAL), "--", *TINY],
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)  # fmt: skip
+    dump = [arr / "_slurm" / "logs" / f"Pendulum-v1__seed{s}.log" for s in (1, 2)]
+    dump += [limited / "_slurm" / "logs" / "Pendulum-v1__seed3.log"]
+    try:
+        deadline = t0 + DEADLINE
+        wait_for(lambda: "step 1000: eval" in log(arr, 2), "seed 2 to train past step 1000", deadline, dump)
+        res = subprocess.run(["scontrol", "requeue", f"{job}_1"], capture_output=True, text=True)
+        assert res.returncode == 0, res.stderr
+        during = runner(arr, ["1", "2"], TOTAL, "--status").stdout  # while the tasks are in the queue
+        wait_for(lambda: not in_queue(job, job_limited), "both arrays to finish", deadline, dump)
+        out, _ = reference.communicate(timeout=max(10, deadline - time.time()))
+        assert reference.returncode == 0, out
+    finally:
+        subprocess.run(["scancel", job, job_limited], capture_output=True)
+        if reference.poll() is None:
+            reference.kill()
+    print(f"\nthe three runs took {time.time() - t0:.0f} s", file=sys.stderr)
+    return {"array": arr, "limited": limited, "reference": ref, "job": job, "status_during": during}
+
+
+def test_array_runs_every_seed_and_the_report_reads_them(runs):
+    arr = runs["array"]
+    for seed in (1, 2):
+        assert report.checkpoint_step(arr / f"Pendulum-v1__seed{seed}") == TOTAL, log(arr, seed)
+        assert re.search(r"^\[slurm \S+ \S+\] exit 0: done$", log(arr, seed), re.M), log(arr, seed)
+    during = {line.split()[0]: line for line in runs["status_during"].splitlines() if line.startswith("Pendulum")}
+    for seed in (1, 2):  # Slurm's state of the task, as --status showed it mid-run
+        row = during[f"Pendulum-v1__seed{seed}"]
+        assert (
+            row.split()[1] in ("running", "pending", "requeued", "completing")
+            and f"Slurm job {runs['job']}_{seed - 1}" in row
+        ), runs["status_during"]
+    status = runner(arr, ["1", "2"], TOTAL, "--status")
+    rows = {line.split()[0]: line.split()[1:4] for line in status.stdout.splitlines() if line.startswith("Pendulum")}
+    assert rows == {f"Pendulum-v1__seed{s}": ["done", f"{TOTAL:,}", f"{TOTAL:,}"] for s in (1, 2)}, status.stdout
+    paths = report.write_report(arr, arr.parent / "report", None)
+    csv_rows = paths["csv"].read_text().splitlines()[1:]
+    assert sorted({tuple(r.split(",")[:2]) for r in csv_rows}) == [("Pendulum-v1", "1"), ("Pendulum-v1", "2")]
+    assert len(csv_rows) == 2 * TOTAL // 500
+    assert f"| 2 | {TOTAL:,} steps (complete) |" in paths["markdown"].read_text()
+
+
+def test_requeued_task_checkpoints_resumes_and_ends_bit_identical_to_an_uninterrupted_run(runs):
+    text = log(runs["array"], 2)
+    stopped = re.search(r"stopped by SIGTERM at step (\d+); checkpoint", text)
+    assert stopped and 1000 <= int(stopped.group(1)) < TOTAL, text
+    assert "Slurm ends the job (state COMPLETING); the run got the SIGTERM as well" in text
+    assert "restart 1" in text and f"at step {stopped.group(1)} from step_" in text  # started again, resumed
+    assert "requeueing" not in text  # Slurm requeued it; the task did not requeue itself as well
+    model = (runs["array"] / "Pendulum-v1__seed2" / "model.pt").read_bytes()
+    assert model == (runs["reference"] / "Pendulum-v1__seed2" / "model.pt").read_bytes()
+    assert "stopped by" not in log(runs["array"], 1)  # the other task ran through
+
+
+def test_task_at_its_time_limit_checkpoints_requeues_itself_and_finishes(runs):
+    limited = runs["limited"]
+    text = log(limited, 3)
+    assert "time limit near (SIGUSR1)" in text, f"finished before the warning; raise TOTAL_LIMITED\n{text}"
+    assert "scontrol requeue failed" not in text
+    step = re.search(r"stopped by SIGTERM at step (\d+)", text).group(1)
+    assert "exit 75: requeueing" in text and f"resumed {limited / 'Pendulum-v1__seed3'} at step {step}" in text
+    assert report.checkpoint_step(limited / "Pendulum-v1__seed3") == TOTAL_LIMITED
+    assert text.rstrip().endswith("exit 0: done")
+    slurm_out = "".join(p.read_text() for p in (limited / "_slurm" / "logs").glob("slurm-*.out"))
+    assert "DUE TO TIME LIMIT" not in slurm_out  # requeued before the limit every time, never killed at it
+
+
+def test_resubmitting_the_finished_array_does_no_work(runs):
+    arr, job = runs["array"], runs["job"]
+    before = {seed: snapshot(arr / f"Pendulum-v1__seed{seed}") for seed in (1, 2)}
+    again = runner(arr, ["1", "2"], TOTAL, "--slurm", "--mem", "1G")
+    assert again.returncode == 0 and "nothing to submit" in again.stdout, again.stdout + again.stderr
+    # the array script itself, submitted again as a whole: every task finds its run done
+    res = subprocess.run(["sbatch", "--parsable", str(arr / "_slurm" / "sac_array.sh")], capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr
+    new = res.stdout.strip().split(";")[0]
+    assert new != job
+    wait_for(lambda: not in_queue(new), "the resubmitted array", time.time() + 120, [])
+    for seed in (1, 2):
+        tries = re.split(r"(?=^\[slurm \S+ \S+\] Pendulum-v1__seed\d starts)", log(arr, seed), flags=re.M)
+        assert "already at step" in tries[-1] and tries[-1].rstrip().endswith("exit 0: done"), tries[-1]
+        assert snapshot(arr / f"Pendulum-v1__seed{seed}") == before[seed]
