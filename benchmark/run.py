@@ -22,6 +22,7 @@ import datetime as _dt
 import json
 import os
 import shlex
+import shutil
 import signal
 import subprocess
 import sys
@@ -308,13 +309,21 @@ def run_slurm(args, specs: list[Spec], out: Path, state: dict) -> int:
     return 0
 
 
+def default_jobs(device: str) -> int:
+    """4 runs share one NVIDIA GPU: on an H200, 4 gave 91% of 8's total steps/s (docs/performance.md); else 1."""
+    if device.startswith("cpu") or "," in device or shutil.which("nvidia-smi") is None:
+        return 1
+    listed = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True, check=False).stdout
+    return 4 if listed.count("GPU ") == 1 else 1
+
+
 def parse(argv: list[str]) -> tuple[argparse.Namespace, list[tuple[str, str | None]]]:
     i = argv.index("--") if "--" in argv else len(argv)
     argv, extra_tokens = argv[:i], argv[i + 1 :]
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog="Flags after `--` go to the script.")
     p.add_argument("--envs", nargs="+", default=DEFAULT_ENVS, help="environments (default: %(default)s)")
     p.add_argument("--seeds", nargs="+", type=int, default=DEFAULT_SEEDS, help="seeds (default: %(default)s)")
-    p.add_argument("--jobs", type=int, default=1, help="runs at once, locally (default 1)")
+    p.add_argument("--jobs", type=int, help="runs at once, locally (default 4 on one NVIDIA GPU, else 1)")
     p.add_argument("--device", default="auto", help="for the script; locally a list (cuda:0,cuda:1) deals runs out")
     p.add_argument("--threads", type=int, default=None, help="CPU threads per local run (default: cores / --jobs)")
     p.add_argument("--output-dir", default="runs/benchmark", help="for the run directories (default: %(default)s)")
@@ -326,6 +335,8 @@ def parse(argv: list[str]) -> tuple[argparse.Namespace, list[tuple[str, str | No
     p.add_argument("--summary-every", type=float, default=300, help="seconds between local progress tables (0: none)")
     slurm.add_arguments(p)
     args = p.parse_args(argv)
+    if args.jobs is None:
+        args.jobs = default_jobs(args.device)
     if args.jobs < 1 or (args.total_timesteps is not None and args.total_timesteps < 1):
         p.error("--jobs and --total-timesteps must be positive")
     if len(set(args.seeds)) != len(args.seeds) or len(set(args.envs)) != len(args.envs):

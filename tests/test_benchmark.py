@@ -557,3 +557,21 @@ def test_slurm_task_passes_exactly_one_sigterm_on_and_requeues_only_itself(
     assert ("requeue 7_0" in calls) == requeued, calls  # the array task itself, never the whole array
     assert re.search(rf"^\[slurm 7_0 \S+\] exit {run_exit}", text, re.M), text
     assert bench_run.slurm.last_exit(out, "Pendulum-v1__seed1") == run_exit
+
+
+@pytest.mark.parametrize(
+    ("device", "smi", "listed", "jobs"),
+    [
+        ("auto", "/usr/bin/nvidia-smi", "GPU 0: NVIDIA H200 (UUID: x)\n", 4),
+        ("cuda", "/usr/bin/nvidia-smi", "GPU 0: A (UUID: x)\nGPU 1: B (UUID: y)\n", 1),  # several GPUs: unmeasured
+        ("cpu", "/usr/bin/nvidia-smi", "GPU 0: NVIDIA H200 (UUID: x)\n", 1),
+        ("auto", None, "", 1),
+    ],
+)
+def test_jobs_default_follows_the_gpu_measurement(monkeypatch, device, smi, listed, jobs):
+    """--jobs defaults to 4 on one NVIDIA GPU (gpu_check on an H200: 4 runs make 91% of 8's total), else 1."""
+    monkeypatch.setattr(bench_run.shutil, "which", lambda name: smi if name == "nvidia-smi" else None)
+    monkeypatch.setattr(bench_run.subprocess, "run", lambda *a, **kw: subprocess.CompletedProcess(a, 0, listed, ""))
+    args, _ = bench_run.parse(["--device", device])
+    assert args.jobs == jobs
+    assert bench_run.parse(["--device", device, "--jobs", "2"])[0].jobs == 2
