@@ -18,6 +18,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -148,12 +149,11 @@ def fd_name(fd) -> str:
     return os.path.basename(os.readlink(f"/proc/self/fd/{fd}")) if isinstance(fd, int) else ""
 
 
-def torch_zip_error() -> RuntimeError:
+def torch_zip_error(code: int = errno.ENOSPC) -> RuntimeError:
     """What torch.save into a file object raises on a full disk: the zip writer's error, the OSError its context."""
-    try:
-        raise enospc()
-    except OSError:
-        return RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 704 vs 598")
+    error = RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 704 vs 598")
+    error.__context__ = OSError(code, os.strerror(code))
+    return error
 
 
 def numpy_short_write() -> OSError:
@@ -194,7 +194,14 @@ SITES = {
         lambda: OSError(errno.EIO, os.strerror(errno.EIO)),
         2 * EVERY,
     ),
-    "model-later": (torch, "save", lambda obj, f: file_name(f) == ".model.pt.tmp", 2, torch_zip_error, 2 * EVERY),
+    "model-later-quota": (
+        torch,
+        "save",
+        lambda obj, f: file_name(f) == ".model.pt.tmp",
+        2,
+        lambda: torch_zip_error(errno.EDQUOT),
+        2 * EVERY,
+    ),
     "best-model-first": (torch, "save", lambda obj, f: file_name(f) == ".best_model.pt.tmp", 1, torch_zip_error, EVERY),
     "args-json": (os, "fsync", lambda fd: fd_name(fd) == ".args.json.tmp", 1, enospc, 0),
     "args-json-read-only": (
@@ -210,7 +217,7 @@ MENTIONS = {
     "buffer": f"checkpoints/{step_name(EVERY)} (No space left on device) at step {EVERY}",
     "state": f"checkpoints/{step_name(2 * EVERY)} (No space left on device) at step {2 * EVERY}",
     "latest": f"checkpoints/{step_name(2 * EVERY)} (Input/output error) at step {2 * EVERY}",
-    "model": f"model.pt (No space left on device) at step {2 * EVERY}",
+    "model": f"model.pt (Disk quota exceeded) at step {2 * EVERY}",
     "best": f"best_model.pt (No space left on device) at step {EVERY}",
     "args": "args.json (",
 }
@@ -290,7 +297,11 @@ def test_failed_event_write_stops_the_run_in_one_line(tmp_path, monkeypatch):
         return path
 
     monkeypatch.setattr(sac, "save_checkpoint", save_checkpoint)
+    thread_errors = []  # what would reach stderr as "Exception in thread ..." with a traceback
+    monkeypatch.setattr(threading, "excepthook", thread_errors.append)
+    monkeypatch.setattr(sac, "_thread_excepthook", thread_errors.append)
     code, err = main_in(tmp_path, *FLAGS)
+    assert not thread_errors, [e.exc_value for e in thread_errors]
     assert calls, "no event was written after the first checkpoint"
     assert code == 74, err
     line = one_error_line(err, "events.out.tfevents.", "No space left on device", "the last checkpoint")
