@@ -1130,7 +1130,8 @@ class EventLog:
         threading.excepthook = _event_thread_excepthook
         self.path, self.writer, self.failed = run_dir / "events.out.tfevents.*", None, False
         self.writer = self._call(SummaryWriter, str(run_dir), purge_step=purge_step)
-        self.path = Path(getattr(self.writer.file_writer.event_writer, "_file_name", self.path))
+        event_writer = getattr(getattr(self.writer, "file_writer", None), "event_writer", None)
+        self.path = Path(getattr(event_writer, "_file_name", self.path))
 
     def _call(self, method, *args, **kwargs):
         if self.failed:
