@@ -12,6 +12,7 @@ gamma 0.99, alpha 0.1 autotuned.
 from __future__ import annotations
 
 import dataclasses
+import errno
 import importlib.util
 import io
 import json
@@ -22,6 +23,7 @@ import random
 import shutil
 import signal
 import sys
+import threading
 import time
 import warnings
 from dataclasses import dataclass
@@ -36,6 +38,7 @@ import tyro
 
 EXIT_BAD_INPUT = 2  # a flag, file or environment that cannot be used; nothing was trained
 EXIT_DIVERGED = 3  # a loss became NaN/Inf; the last checkpoint is left as it was
+EXIT_IO_ERROR = 74  # a write failed (disk full, I/O error...): temporary files removed, the last checkpoint intact
 EXIT_INTERRUPTED = 75  # SIGINT/SIGTERM: a checkpoint was written; rerun with --resume to continue
 EXIT_ABORTED = 130  # a second Ctrl-C: stopped at once
 
@@ -109,6 +112,15 @@ class UserError(Exception):
 
 class Diverged(Exception):
     """A loss or a weight became NaN/Inf."""
+
+
+class DiskError(Exception):
+    """A write into the run directory failed (disk full, quota, I/O error, permissions, directory removed);
+    its temporary files are already removed. train() and main() report it in one line, EXIT_IO_ERROR."""
+
+    def __init__(self, path: Path, code: int | None, reason: str):
+        super().__init__(f"cannot write {path} ({reason})")
+        self.path, self.code, self.reason = path, code, reason
 
 
 def flag(name: str) -> str:
@@ -681,10 +693,18 @@ def evaluate(
     if video_path and frames:
         import imageio.v2 as imageio
 
-        video_path.parent.mkdir(parents=True, exist_ok=True)
         tmp = video_path.with_name(video_path.stem + ".part.mp4")
-        imageio.mimsave(tmp, frames, fps=env.metadata.get("render_fps", 30))
-        os.replace(tmp, video_path)
+        try:  # ffmpeg quiet: a failed write is reported in one line below, not in ffmpeg's lines
+            video_path.parent.mkdir(parents=True, exist_ok=True)
+            imageio.mimsave(tmp, frames, fps=env.metadata.get("render_fps", 30), ffmpeg_log_level="quiet")
+            os.replace(tmp, video_path)
+        except (OSError, RuntimeError) as e:
+            failure = write_failed(video_path, e)
+            tmp.unlink(missing_ok=True)
+            env.close()
+            if failure is None:
+                raise
+            raise failure from None
     env.close()
     return returns
 
@@ -697,15 +717,71 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def free_bytes(path: Path) -> int | None:
+    """Free space for this user on the file system of path (or of its nearest existing parent)."""
+    path = Path(os.path.abspath(path))
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    try:
+        return shutil.disk_usage(path).free
+    except OSError:
+        return None
+
+
+def mount_of(path: Path) -> Path:
+    """The mount point of the file system that holds path (or its nearest existing parent)."""
+    path = Path(os.path.abspath(path))
+    while (not path.exists() or not os.path.ismount(path)) and path != path.parent:
+        path = path.parent
+    return path
+
+
+def size_text(n: float) -> str:
+    return f"{n / 1e9:.1f} GB" if n >= 1e9 else f"{max(n / 1e6, 0.1):.{0 if n >= 1e7 else 1}f} MB"
+
+
+WRITE_FAILURES = ("unexpected pos", "write failed", "file write")  # torch's zip writer when a write fails
+
+
+def write_failed(path: Path, e: BaseException) -> DiskError | None:
+    """The DiskError for a write to path that raised e, or None if e is not a failed write. torch.save raises a
+    RuntimeError with the OSError as its context; numpy's short writes and ffmpeg's broken pipe carry no errno
+    of the disk: on a full file system they mean ENOSPC."""
+    if isinstance(e, RuntimeError):
+        inner = e.__cause__ or e.__context__
+        if isinstance(inner, OSError):
+            e = inner
+        elif not any(text in str(e) for text in WRITE_FAILURES):
+            return None
+    elif not isinstance(e, OSError):
+        return None
+    code = getattr(e, "errno", None)
+    if code in (None, errno.EPIPE) and (free_bytes(path) or 0) < 2**20:
+        code = errno.ENOSPC
+    reason = os.strerror(code) if code else (str(e).splitlines() or [type(e).__name__])[0]
+    return DiskError(path, code, reason)
+
+
 def atomic_write(path: Path, write) -> None:
-    """write(f) into a temporary file, fsync, rename: a reader sees the old file or the new one, never half."""
+    """write(f) into a temporary file, fsync, rename: a reader sees the old file or the new one, never half.
+    A failed write removes the temporary file and raises DiskError; the old file stays as it was."""
     tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "wb") as f:
-        write(f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    fsync_dir(path.parent)
+    try:
+        with open(tmp, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+        fsync_dir(path.parent)
+    except (OSError, RuntimeError) as e:
+        failure = write_failed(path, e)
+        try:
+            tmp.unlink(missing_ok=True)
+        except OSError:
+            pass
+        if failure is None:
+            raise
+        raise failure from None
 
 
 def save_model(agent: SAC, env_id: str, global_step: int, path: Path) -> None:
@@ -770,23 +846,37 @@ def find_checkpoint(path: Path) -> Path | None:
 
 def save_checkpoint(run_dir: Path, state: dict, rb: ReplayBuffer) -> Path:
     """runs/<run>/checkpoints/step_<N>/{state.pt, buffer/*.npy}, written under a temporary name and
-    renamed; then `latest` is switched atomically and older checkpoints are removed."""
+    renamed; then `latest` is switched atomically and older checkpoints are removed. A failed write (disk
+    full...) removes what it wrote and raises DiskError; `latest` and the checkpoint it names stay intact."""
     root = run_dir / "checkpoints"
     name = f"step_{state['global_step']:012d}"
     final = root / name
     if find_checkpoint(run_dir) == final:  # this very step is saved already (e.g. periodic, then at exit)
         return final
-    root.mkdir(exist_ok=True)
     tmp = root / f".tmp_{name}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    (tmp / "buffer").mkdir(parents=True)
-    state = {**state, "buffer": rb.save(tmp / "buffer")}
-    fsync_dir(tmp / "buffer")
-    atomic_write(tmp / "state.pt", lambda f: torch.save(state, f))
-    shutil.rmtree(final, ignore_errors=True)
-    os.replace(tmp, final)
-    fsync_dir(root)
-    atomic_write(root / "latest", lambda f: f.write(f"{name}\n".encode()))
+    try:
+        root.mkdir(exist_ok=True)
+        shutil.rmtree(tmp, ignore_errors=True)
+        (tmp / "buffer").mkdir(parents=True)
+        state = {**state, "buffer": rb.save(tmp / "buffer")}
+        fsync_dir(tmp / "buffer")
+        atomic_write(tmp / "state.pt", lambda f: torch.save(state, f))
+        shutil.rmtree(final, ignore_errors=True)
+        os.replace(tmp, final)
+        fsync_dir(root)
+        atomic_write(root / "latest", lambda f: f.write(f"{name}\n".encode()))
+    except (OSError, RuntimeError, DiskError) as e:
+        failure = e if isinstance(e, DiskError) else write_failed(final, e)
+        shutil.rmtree(tmp, ignore_errors=True)
+        try:
+            switched = find_checkpoint(run_dir) == final
+        except OSError:
+            switched = True  # cannot tell: leave it
+        if not switched:  # renamed, but `latest` still names the previous one
+            shutil.rmtree(final, ignore_errors=True)
+        if failure is None:
+            raise
+        raise DiskError(final, failure.code, failure.reason) from None
     for old in root.iterdir():  # only after `latest` points at the new one
         if old.name in (name, "latest"):
             continue
@@ -795,6 +885,46 @@ def save_checkpoint(run_dir: Path, state: dict, rb: ReplayBuffer) -> Path:
         else:
             old.unlink(missing_ok=True)
     return final
+
+
+def checkpoint_bytes(agent: SAC, args: Args) -> int:
+    """About what one checkpoint of this run takes once its buffer is full: buffer, weights, Adam moments, envs."""
+    slots = args.buffer_size // args.num_envs * args.num_envs
+    weights = 4 * sum(p.numel() for m in agent.modules().values() for p in m.parameters())
+    return slots * (4 * (agent.obs_dim + agent.act_dim) + 6) + 3 * weights + args.num_envs * 2**20
+
+
+def clear_leftovers(run_dir: Path, keep: Path | None) -> None:
+    """Remove what a killed or failed process left half-written, which may be what fills the disk: temporary
+    checkpoint directories and files (.tmp_*, .*.tmp), checkpoints that `latest` does not name (a kill between
+    the rename and the switch of `latest`; never `keep`, the one being resumed) and partial videos."""
+    root, latest = run_dir / "checkpoints", find_checkpoint(run_dir)
+    keep_names = {"latest"} | {c.name for c in (latest, keep) if c is not None and c.parent == root}
+    leftovers = [p for p in run_dir.glob(".*.tmp")] + list(run_dir.glob("videos/*.part.mp4"))
+    if root.is_dir():
+        leftovers += [p for p in root.iterdir() if p.name not in keep_names and p.name.startswith((".", "step_"))]
+    for path in leftovers:
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            try:
+                path.unlink()
+            except OSError:
+                pass
+
+
+def warn_if_low_space(run_dir: Path, need: int) -> None:
+    """One line on stderr when the free space (plus the checkpoints already there, which a new one replaces)
+    is below two checkpoints: replacing a checkpoint briefly needs both."""
+    free = free_bytes(run_dir)
+    root = run_dir / "checkpoints"
+    have = sum(p.stat().st_size for p in root.rglob("*") if p.is_file()) if root.is_dir() else 0
+    if free is not None and free + have < 2 * need:
+        print(
+            f"warning: {size_text(free)} free at {mount_of(run_dir)}, but a checkpoint of this run takes up to "
+            f"about {size_text(need)} and replacing one needs twice that; free space or choose another --output-dir",
+            file=sys.stderr,
+        )
 
 
 def read_checkpoint(ckpt: Path) -> dict:
@@ -1016,6 +1146,83 @@ class Progress:
             self.bar = None
 
 
+_thread_excepthook = threading.excepthook
+
+
+def _event_thread_excepthook(hook_args) -> None:
+    """TensorBoard's writer thread dies on a failed write; EventLog reports that in one line, not this thread."""
+    if type(hook_args.thread).__name__ == "_AsyncWriterThread" and issubclass(hook_args.exc_type, OSError):
+        return
+    _thread_excepthook(hook_args)
+
+
+class EventLog:
+    """TensorBoard's SummaryWriter writes from a thread that, when a write fails, keeps the OSError and raises it
+    at a later call. Here every call turns it into a DiskError naming the event file; after one, the log is off."""
+
+    def __init__(self, run_dir: Path, purge_step: int | None):
+        from torch.utils.tensorboard import SummaryWriter
+
+        threading.excepthook = _event_thread_excepthook
+        self.path, self.writer, self.failed = run_dir / "events.out.tfevents.*", None, False
+        self.writer = self._call(SummaryWriter, str(run_dir), purge_step=purge_step)
+        event_writer = getattr(getattr(self.writer, "file_writer", None), "event_writer", None)
+        self.path = Path(getattr(event_writer, "_file_name", self.path))
+
+    def _call(self, method, *args, **kwargs):
+        if self.failed:
+            return None
+        try:
+            return method(*args, **kwargs)
+        except OSError as e:
+            self.failed = True
+            raise write_failed(self.path, e) from None
+
+    def add_scalar(self, *args) -> None:
+        self._call(self.writer.add_scalar, *args)
+
+    def add_text(self, *args) -> None:
+        self._call(self.writer.add_text, *args)
+
+    def flush(self) -> None:
+        self._call(self.writer.flush)
+
+    def close(self) -> None:
+        self._call(self.writer.close)
+
+    def flush_quietly(self) -> None:
+        """For paths that already report another failure (or a divergence)."""
+        try:
+            self.flush()
+        except DiskError:
+            pass
+
+
+def disk_error_line(e: DiskError, args: Args, run_dir: Path, step: int, need: int) -> str:
+    """What failed, what is intact and what to do, for the one line of EXIT_IO_ERROR. need: one checkpoint's size."""
+    try:
+        latest = find_checkpoint(run_dir)
+    except OSError:
+        latest = None
+    where, at = mount_of(run_dir), f" at step {step}" if step else ""
+    if e.code in (errno.ENOSPC, errno.EDQUOT):
+        more = need * (1 if latest else 2) - (free_bytes(run_dir) or 0)  # a new checkpoint next to the last one
+        fix = f"free about {size_text(more)} at {where}" if more > 0 else f"free space at {where}"
+    elif e.code in (errno.EACCES, errno.EPERM, errno.EROFS):
+        fix = f"make {e.path.parent} writable"
+    elif e.code == errno.ENOENT and not run_dir.is_dir():
+        return f"{e}{at}: the run directory {run_dir} was removed during the run; choose another --output-dir"
+    else:
+        fix = f"check the disk at {where}"
+    if latest is not None:
+        return (
+            f"{e}{at}; the last checkpoint {latest} is intact. Fix: {fix} (or move {run_dir} to a disk with room), "
+            f"then resume with: {resume_command(args, run_dir)}"
+        )
+    again = "rerun the same command" if args.resume == "auto" else f"rerun with --resume auto --run-name {run_dir.name}"
+    return f"{e}{at}; no checkpoint was written yet. Fix: {fix} (or choose another --output-dir), then {again}"
+
+
 def crossed(step: int, prev_step: int, every: int) -> bool:
     """True when a multiple of `every` lies in (prev_step, step]."""
     return every > 0 and step // every > prev_step // every
@@ -1070,8 +1277,6 @@ def create_run_dir(run_dir: Path) -> None:
 
 
 def train(args: Args) -> int:
-    from torch.utils.tensorboard import SummaryWriter
-
     # Setup. Everything that can reject the input happens before anything is written.
     validate_args(args)
     device = pick_device(args.device)
@@ -1089,6 +1294,8 @@ def train(args: Args) -> int:
             f"checkpoint {ckpt} has observation/action sizes {saved.get('obs_dim')}/{saved.get('act_dim')}, "
             f"but {args.env_id} has {obs_dim}/{low.shape[0]}"
         )
+    if run_dir.is_dir():
+        clear_leftovers(run_dir, ckpt)  # a crashed or failed process's temporary files, before the probe
     create_run_dir(run_dir)
 
     random.seed(args.seed)
@@ -1100,6 +1307,8 @@ def train(args: Args) -> int:
     obs, _ = envs.reset(seed=args.seed)
     envs.action_space.seed(args.seed)
     global_step, best_eval, last_return = 0, -math.inf, math.nan
+    need = checkpoint_bytes(agent, args)
+    warn_if_low_space(run_dir, need)
 
     # Resume: the checkpoint overwrites all of the above
     if saved is not None:
@@ -1115,7 +1324,6 @@ def train(args: Args) -> int:
         print(f"resumed {run_dir} at step {global_step} from {ckpt.name}", file=sys.stderr)
     else:
         rb.start(obs)
-        (run_dir / "args.json").write_text(json.dumps(dataclasses.asdict(args), indent=2) + "\n")
 
     # TensorBoard: on resume, hide what the stopped process logged after its checkpoint (step > S; up to S it
     # was logged before the checkpoint). A fresh start over an attempt that died before its first checkpoint
@@ -1124,10 +1332,18 @@ def train(args: Args) -> int:
         purge_step = global_step + 1
     else:
         purge_step = 0 if any(run_dir.glob("events.out.tfevents.*")) else None
-    writer = SummaryWriter(str(run_dir), purge_step=purge_step)
-    if saved is None:
-        table = "\n".join(f"|{k}|{v}|" for k, v in dataclasses.asdict(args).items())
-        writer.add_text("hyperparameters", "|param|value|\n|-|-|\n" + table)
+    try:
+        if saved is None:
+            text = json.dumps(dataclasses.asdict(args), indent=2) + "\n"
+            atomic_write(run_dir / "args.json", lambda f: f.write(text.encode()))
+        writer = EventLog(run_dir, purge_step)
+        if saved is None:
+            table = "\n".join(f"|{k}|{v}|" for k, v in dataclasses.asdict(args).items())
+            writer.add_text("hyperparameters", "|param|value|\n|-|-|\n" + table)
+    except DiskError as e:
+        envs.close()
+        print(f"error: {disk_error_line(e, args, run_dir, global_step, need)}", file=sys.stderr)
+        return EXIT_IO_ERROR
 
     # The loop
     stop = StopRequest()
@@ -1195,6 +1411,11 @@ def train(args: Args) -> int:
                     file=sys.stderr,
                 )
                 return EXIT_INTERRUPTED
+        writer.close()  # the last events to disk
+    except DiskError as e:  # a checkpoint, model, video or event write failed: no training that cannot be saved
+        progress.close()
+        print(f"error: {disk_error_line(e, args, run_dir, global_step, need)}", file=sys.stderr)
+        return EXIT_IO_ERROR
     except Diverged as e:
         progress.close()
         latest = find_checkpoint(run_dir)
@@ -1206,11 +1427,10 @@ def train(args: Args) -> int:
         )
         return EXIT_DIVERGED
     finally:
-        writer.flush()
+        writer.flush_quietly()
         envs.close()
 
     # Finish
-    writer.close()
     progress.close()
     print(f"done: {global_step} steps; outputs in {run_dir}", file=sys.stderr)
     return 0
@@ -1235,7 +1455,7 @@ def eval_only(args: Args) -> int:
 
 
 def main() -> None:
-    codes = "Exit codes: 0 done, 2 bad input (nothing written), 3 diverged, "
+    codes = "Exit codes: 0 done, 2 bad input (nothing written), 3 diverged, 74 a write failed (e.g. disk full), "
     codes += "75 stopped by a signal after writing a checkpoint, 130 aborted."
     args = tyro.cli(Args, description=__doc__.split("\n\n")[0] + " " + codes)
     if args.capture_video and "MUJOCO_GL" not in os.environ:
@@ -1249,6 +1469,9 @@ def main() -> None:
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         code = EXIT_BAD_INPUT
+    except DiskError as e:  # eval-only's video
+        print(f"error: {e}; free space at {mount_of(e.path)} or check the disk", file=sys.stderr)
+        code = EXIT_IO_ERROR
     except KeyboardInterrupt:  # before training started (setup, eval-only): nothing to save
         print("interrupted", file=sys.stderr)
         code = EXIT_ABORTED
