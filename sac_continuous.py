@@ -901,8 +901,9 @@ def clear_leftovers(run_dir: Path, keep: Path | None) -> None:
     root, latest = run_dir / "checkpoints", find_checkpoint(run_dir)
     keep_names = {"latest"} | {c.name for c in (latest, keep) if c is not None and c.parent == root}
     leftovers = [p for p in run_dir.glob(".*.tmp")] + list(run_dir.glob("videos/*.part.mp4"))
-    if root.is_dir():
-        leftovers += [p for p in root.iterdir() if p.name not in keep_names and p.name.startswith((".", "step_"))]
+    if root.is_dir():  # step_* only while `latest` names another: never every checkpoint of a run
+        prefixes = (".", "step_") if latest is not None else (".",)
+        leftovers += [p for p in root.iterdir() if p.name not in keep_names and p.name.startswith(prefixes)]
     for path in leftovers:
         if path.is_dir() and not path.is_symlink():
             shutil.rmtree(path, ignore_errors=True)

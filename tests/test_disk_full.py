@@ -381,6 +381,15 @@ def test_an_explicitly_resumed_checkpoint_is_never_cleared(tmp_path):
     assert sorted(p.name for p in root.iterdir()) == ["latest", step_name(100), step_name(200)]
 
 
+def test_without_latest_no_checkpoint_is_cleared(tmp_path):
+    """No readable `latest`: the step_* directories may be all the run has, so only temporary ones go."""
+    root = tmp_path / "checkpoints"
+    for name in (step_name(100), f".tmp_{step_name(200)}"):
+        (root / name).mkdir(parents=True)
+    sac.clear_leftovers(tmp_path, None)
+    assert sorted(p.name for p in root.iterdir()) == [step_name(100)]
+
+
 @pytest.mark.parametrize("free_mb,warned", [(1, True), (10_000, False)])
 def test_low_free_space_warns_once_and_runs_on(tmp_path, monkeypatch, free_mb, warned):
     """Free space below two checkpoints (about 2 x 5 MB here): one warning line at setup, and the run goes on."""
