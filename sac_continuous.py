@@ -45,62 +45,34 @@ EXIT_ABORTED = 130  # a second Ctrl-C: stopped at once
 
 @dataclass
 class Args:
-    env_id: str = "Humanoid-v5"
-    """the id of a gymnasium environment with a Box action space"""
-    total_timesteps: int = 1_000_000
-    """environment steps to train for, counted over all envs (on --resume, the new total)"""
-    seed: int = 1
-    """seed of python, numpy, torch, the environments and the replay buffer"""
-    torch_deterministic: bool = True
-    """make cuDNN deterministic (`torch.backends.cudnn.deterministic`)"""
-    device: str = "auto"
-    """auto (CUDA, else MPS, else CPU), or a torch device such as cpu, cuda, cuda:1, mps"""
-    num_envs: int = 1
-    """parallel environments; one gradient update is made per vector step (num_envs transitions)"""
-    buffer_size: int = 1_000_000
-    """replay buffer capacity in observation slots, shared by all envs"""
-    gamma: float = 0.99
-    """discount factor"""
-    tau: float = 0.005
-    """target smoothing coefficient: target <- (1 - tau) * target + tau * online"""
-    batch_size: int = 256
-    """transitions per gradient update"""
-    learning_starts: int = 25_000
-    """steps of uniformly random actions before learning starts"""
-    policy_lr: float = 3e-4
-    """actor learning rate"""
-    q_lr: float = 3e-4
-    """critic (and entropy temperature) learning rate"""
-    policy_frequency: int = 1
-    """update the actor every N critic updates (N actor updates at once, as in TD3/CleanRL)"""
-    target_network_frequency: int = 1
-    """update the target critics every N critic updates"""
-    alpha: float = 0.1
-    """entropy temperature; the initial value when --autotune"""
-    autotune: bool = True
-    """learn alpha so that the policy entropy tracks -dim(A)"""
-    eval_frequency: int = 10_000
-    """evaluate the deterministic policy every N steps (0: only at the end)"""
-    eval_episodes: int = 10
-    """episodes per evaluation"""
-    capture_video: bool = False
-    """record the first episode of each evaluation to videos/ as MP4"""
-    checkpoint_frequency: int = 50_000
-    """write a resumable checkpoint every N steps (0: off, except at exit)"""
-    resume: str = ""
-    """continue from a checkpoint: a run directory, a checkpoint directory, or 'auto' (this --run-name's latest)"""
-    eval_checkpoint: str = ""
-    """evaluate this model.pt (or best_model.pt) and exit, without training"""
-    run_name: str = ""
-    """name of the run directory under --output-dir (default: <env-id>__sac__<seed>__<unix time>)"""
-    output_dir: str = "runs"
-    """where run directories are created"""
-    log_frequency: int = 100
-    """write loss scalars to TensorBoard every N gradient updates"""
-    compile: bool = False
-    """torch.compile the critic and actor losses: a speed option for GPUs, the same algorithm"""
-    cudagraphs: bool = False
-    """CUDA only: replay each update step as one recorded CUDA graph; the same algorithm, exact resume not guaranteed"""
+    env_id: str = "Humanoid-v5"  # the id of a gymnasium environment with a Box action space
+    total_timesteps: int = 1_000_000  # environment steps to train for, over all envs (on --resume, the new total)
+    seed: int = 1  # seed of python, numpy, torch, the environments and the replay buffer
+    torch_deterministic: bool = True  # make cuDNN deterministic (`torch.backends.cudnn.deterministic`)
+    device: str = "auto"  # auto (CUDA, else MPS, else CPU), or a torch device such as cpu, cuda, cuda:1, mps
+    num_envs: int = 1  # parallel environments; one gradient update is made per vector step (num_envs transitions)
+    buffer_size: int = 1_000_000  # replay buffer capacity in observation slots, shared by all envs
+    gamma: float = 0.99  # discount factor
+    tau: float = 0.005  # target smoothing coefficient: target <- (1 - tau) * target + tau * online
+    batch_size: int = 256  # transitions per gradient update
+    learning_starts: int = 25_000  # steps of uniformly random actions before learning starts
+    policy_lr: float = 3e-4  # actor learning rate
+    q_lr: float = 3e-4  # critic (and entropy temperature) learning rate
+    policy_frequency: int = 1  # update the actor every N critic updates (N actor updates at once, as in TD3/CleanRL)
+    target_network_frequency: int = 1  # update the target critics every N critic updates
+    alpha: float = 0.1  # entropy temperature; the initial value when --autotune
+    autotune: bool = True  # learn alpha so that the policy entropy tracks -dim(A)
+    eval_frequency: int = 10_000  # evaluate the deterministic policy every N steps (0: only at the end)
+    eval_episodes: int = 10  # episodes per evaluation
+    capture_video: bool = False  # record the first episode of each evaluation to videos/ as MP4
+    checkpoint_frequency: int = 50_000  # write a resumable checkpoint every N steps (0: off, except at exit)
+    resume: str = ""  # continue from a checkpoint: a run dir, a checkpoint dir, or 'auto' (this --run-name's latest)
+    eval_checkpoint: str = ""  # evaluate this model.pt (or best_model.pt) and exit, without training
+    run_name: str = ""  # name of the run directory under --output-dir (default: <env-id>__sac__<seed>__<unix time>)
+    output_dir: str = "runs"  # where run directories are created
+    log_frequency: int = 100  # write loss scalars to TensorBoard every N gradient updates
+    compile: bool = False  # torch.compile the critic and actor losses: a speed option for GPUs, the same algorithm
+    cudagraphs: bool = False  # CUDA: replay updates as CUDA graphs (the same algorithm; exact resume not guaranteed)
 
 
 class UserError(Exception):
