@@ -115,20 +115,15 @@ def validate_args(args: Args) -> None:
 
 
 def pick_device(name: str) -> torch.device:
+    available = {"cuda": torch.cuda.is_available(), "mps": torch.backends.mps.is_available()}
     if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        if torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
+        return torch.device("cuda" if available["cuda"] else "mps" if available["mps"] else "cpu")
     try:
         device = torch.device(name)
     except RuntimeError:
         raise UserError(f"--device '{name}' is not a torch device; use auto, cpu, cuda or mps") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise UserError(f"--device {name}: CUDA is not available here; use --device cpu or auto")
-    if device.type == "mps" and not torch.backends.mps.is_available():
-        raise UserError(f"--device {name}: MPS is not available here; use --device cpu or auto")
+    if not available.get(device.type, True):
+        raise UserError(f"--device {name}: {device.type.upper()} is not available here; use --device cpu or auto")
     return device
 
 
@@ -168,8 +163,8 @@ def make_vector_env(env_id: str, num_envs: int) -> gym.vector.SyncVectorEnv:
 
 
 def real_next_observations(next_obs: np.ndarray, dones: np.ndarray, infos: dict) -> np.ndarray:
-    """s' of each env's transition: next_obs, except where an episode just ended, where next_obs is
-    already the reset observation and the real last one is infos["final_obs"]."""
+    """s' of each env's transition: where an episode just ended, next_obs is the reset observation and s' is
+    infos["final_obs"]."""
     if not dones.any():
         return next_obs
     real = next_obs.copy()
@@ -249,8 +244,7 @@ class Actor(nn.Module):
         log_prob = (log_normal - log_det_tanh).sum(-1, keepdim=True) - self.log_scale_sum
         return torch.tanh(u) * self.action_scale + self.action_bias, log_prob
 
-    def deterministic(self, obs: torch.Tensor) -> torch.Tensor:
-        """The evaluation action: tanh of the mean, rescaled."""
+    def deterministic(self, obs: torch.Tensor) -> torch.Tensor:  # the evaluation action
         return torch.tanh(self(obs)[0]) * self.action_scale + self.action_bias
 
 
@@ -377,6 +371,12 @@ def alpha_loss_fn(log_alpha: torch.Tensor, log_prob: torch.Tensor, target_entrop
     return (log_alpha.exp() * (-log_prob.detach() - target_entropy)).mean()
 
 
+def gradient_step(optimizer: torch.optim.Optimizer, loss: torch.Tensor) -> None:
+    optimizer.zero_grad()
+    loss.backward()
+    optimizer.step()
+
+
 @torch.no_grad()
 def polyak_update(online: list[torch.Tensor], target: list[torch.Tensor], tau: float) -> None:
     """target <- target + tau * (online - target), for every pair of tensors in one call."""
@@ -389,34 +389,27 @@ def polyak_update(online: list[torch.Tensor], target: list[torch.Tensor], tau: f
 def check_fast_path(args: Args, device: torch.device) -> None:
     """--compile and --cudagraphs need things that a plain run does not: refuse early, in one line."""
     if args.cudagraphs and device.type != "cuda":
-        raise UserError(
-            f"--cudagraphs needs a CUDA device (CUDA graphs exist only there), but the device is {device}; "
-            "drop --cudagraphs or use --device cuda"
-        )
-    if args.compile and device.type == "cpu":
-        compiler = os.environ.get("CXX", "g++")
-        if shutil.which(compiler) is None:
-            raise UserError(
-                f"--compile on the CPU needs a C++ compiler ({compiler}, or set CXX); install one or drop --compile"
-            )
-    if args.compile and device.type == "cuda":
-        if importlib.util.find_spec("triton") is None:
-            raise UserError("--compile on CUDA needs the triton package; install it or drop --compile")
-        if not (os.environ.get("CC") or shutil.which("gcc") or shutil.which("clang")):  # triton's launcher
-            raise UserError(
-                "--compile on CUDA needs a C compiler for triton (gcc or clang, or set CC); "
-                "install one or drop --compile"
-            )
+        raise UserError(f"--cudagraphs needs a CUDA device, but the device is {device}; drop it or use --device cuda")
+    if not args.compile:
+        return
+    cxx = os.environ.get("CXX", "g++")
+    c_compiler = os.environ.get("CC") or shutil.which("gcc") or shutil.which("clang")  # for triton's launcher
+    if device.type == "cpu" and shutil.which(cxx) is None:
+        needs = f"a C++ compiler ({cxx}, or set CXX)"
+    elif device.type == "cuda" and importlib.util.find_spec("triton") is None:
+        needs = "the triton package"
+    elif device.type == "cuda" and not c_compiler:
+        needs = "a C compiler for triton (gcc or clang, or set CC)"
+    else:
+        return
+    raise UserError(f"--compile on {device.type.upper()} needs {needs}; install it or drop --compile")
 
 
 def cuda_graphed(step, warmup_calls: int = 3):
-    """step(*tensors) -> outputs, recorded once as a CUDA graph and replayed: one launch per call.
-
-    Every call is a real step. The first warmup_calls run eagerly on a side stream (creating gradients and
-    optimizer state); the next records step on copies of its inputs, which become the graph's fixed inputs;
-    later calls copy their inputs into those and replay. Outputs are the graph's own tensors, overwritten by
-    the next replay. This needs what SAC provides: state updated in place, capturable Adam, no host sync.
-    """
+    """step(*tensors) -> outputs, recorded once as a CUDA graph and replayed: one launch per call. Every call
+    is a real step: warmup_calls eager ones on a side stream (creating gradients and optimizer state), one that
+    records, then replays on the recorded inputs, refilled; outputs are overwritten by the next replay.
+    This needs what SAC provides: state updated in place, capturable Adam, no host sync."""
     calls, graph, static_inputs, static_outputs = 0, None, None, None
 
     def run(*inputs):
@@ -493,10 +486,8 @@ class SAC:
         return {name: getattr(self, name) for name in names}
 
     def optimizers(self) -> dict[str, torch.optim.Optimizer]:
-        opts = {"q_optimizer": self.q_optimizer, "actor_optimizer": self.actor_optimizer}
-        if self.a_optimizer is not None:
-            opts["a_optimizer"] = self.a_optimizer
-        return opts
+        names = ("q_optimizer", "actor_optimizer", "a_optimizer")
+        return {name: getattr(self, name) for name in names if getattr(self, name) is not None}
 
     def to_device(self, batch: tuple[np.ndarray, ...]) -> list[torch.Tensor]:
         """float32 tensors on the device; to CUDA from pinned host memory, so that the copies are asynchronous."""
@@ -542,9 +533,7 @@ class SAC:
 
     def update_critics(self, obs, actions, rewards, terminations, next_obs) -> dict[str, torch.Tensor]:
         qf_loss, stats = self.critic_loss(obs, actions, rewards, terminations, next_obs)
-        self.q_optimizer.zero_grad()
-        qf_loss.backward()
-        self.q_optimizer.step()
+        gradient_step(self.q_optimizer, qf_loss)
         return stats
 
     def actor_loss(self, obs) -> tuple[torch.Tensor, torch.Tensor]:
@@ -555,9 +544,7 @@ class SAC:
 
     def update_actor(self, obs) -> tuple[torch.Tensor, torch.Tensor]:
         actor_loss, log_pi = self.actor_loss(obs)
-        self.actor_optimizer.zero_grad()
-        actor_loss.backward()
-        self.actor_optimizer.step()
+        gradient_step(self.actor_optimizer, actor_loss)
         return actor_loss.detach(), log_pi
 
     def update_policy(self, obs) -> dict[str, torch.Tensor]:
@@ -571,9 +558,7 @@ class SAC:
     def update_alpha(self, log_pi: torch.Tensor) -> torch.Tensor:
         """Reuses the actor step's log-probs (detached inside the loss): no second actor forward."""
         alpha_loss = alpha_loss_fn(self.log_alpha, log_pi, self.target_entropy)
-        self.a_optimizer.zero_grad()
-        alpha_loss.backward()
-        self.a_optimizer.step()
+        gradient_step(self.a_optimizer, alpha_loss)
         with torch.no_grad():
             self.alpha.copy_(self.log_alpha.exp())
         return alpha_loss.detach()
