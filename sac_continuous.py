@@ -139,23 +139,21 @@ def make_env(env_id: str, render_mode: str | None = None) -> gym.Env:
     except ImportError as e:
         raise UserError(f"environment '{env_id}' needs a missing package ({e}); install it") from None
     space, obs_space = env.action_space, env.observation_space
-    problem = None
     if not isinstance(space, gym.spaces.Box):
         problem = f"has a {type(space).__name__} action space; SAC here needs a continuous (Box) one"
     elif not isinstance(obs_space, gym.spaces.Box) or len(obs_space.shape) != 1:
         problem = f"has observation space {obs_space}; this script needs a flat Box"
     elif not (np.all(np.isfinite(space.low)) and np.all(np.isfinite(space.high))):
         problem = "has an unbounded action space; SAC squashes actions into finite bounds"
-    if problem:
-        env.close()
-        raise UserError(f"'{env_id}' {problem}")
-    return env
+    else:
+        return env
+    env.close()
+    raise UserError(f"'{env_id}' {problem}")
 
 
 def make_vector_env(env_id: str, num_envs: int) -> gym.vector.SyncVectorEnv:
     """Training envs. SAME_STEP autoreset: when an episode ends, step() returns the reset observation
     and puts the real last observation in infos["final_obs"], which is what the buffer must store."""
-    make_env(env_id).close()  # fail early, with a clear message, on a bad id or space
     return gym.vector.SyncVectorEnv(
         [lambda: gym.wrappers.RecordEpisodeStatistics(make_env(env_id)) for _ in range(num_envs)],
         autoreset_mode=gym.vector.AutoresetMode.SAME_STEP,
@@ -883,10 +881,7 @@ class StopRequest:
         if self.signal_name is not None:
             os._exit(EXIT_ABORTED)
         self.signal_name = signal.Signals(signum).name
-        print(
-            f"\n{self.signal_name}: finishing this step and writing a checkpoint (again to quit at once)",
-            file=sys.stderr,
-        )
+        print(f"\n{self.signal_name}: finishing this step, writing a checkpoint (again: quit at once)", file=sys.stderr)
 
 
 class Progress:
@@ -1137,8 +1132,7 @@ def train(args: Args) -> int:
 
 
 def eval_only(args: Args) -> int:
-    if args.eval_episodes <= 0:
-        raise UserError(f"--eval-episodes must be positive, got {args.eval_episodes}")
+    validate_args(args)
     device = pick_device(args.device)
     path = Path(args.eval_checkpoint)
     actor = load_model_for_eval(path, args.env_id, device)
