@@ -892,18 +892,16 @@ class Progress:
         self.total, self.learning_starts, self.bar = total, learning_starts, None
         self.rate_step, self.rate_time, self.last_draw = start, time.time(), 0.0
         if sys.stderr.isatty():
-            from rich.progress import BarColumn, MofNCompleteColumn, TextColumn
-            from rich.progress import Progress as RichProgress
+            from rich import progress as rp
 
-            fields = TextColumn("{task.fields[sps]} SPS  return {task.fields[ret]}  ETA {task.fields[eta]}")
-            self.bar = RichProgress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), fields)
+            fields = rp.TextColumn("{task.fields[sps]} SPS  return {task.fields[ret]}  ETA {task.fields[eta]}")
+            self.bar = rp.Progress(rp.TextColumn("{task.description}"), rp.BarColumn(), rp.MofNCompleteColumn(), fields)
             self.task = self.bar.add_task(self.phase(start), total=total, completed=start, sps="-", ret="-", eta="-")
             self.bar.start()
 
     def phase(self, step: int) -> str:
-        if step < self.learning_starts:
-            return f"SAC: random actions until {self.learning_starts:,}"
-        return "SAC: training"
+        random_phase = f"SAC: random actions until {self.learning_starts:,}"
+        return random_phase if step < self.learning_starts else "SAC: training"
 
     def update(self, step: int, last_return: float) -> None:
         now = time.time()
