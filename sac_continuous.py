@@ -835,9 +835,8 @@ def checkpoint_state(args, agent: SAC, envs, obs, global_step: int, best_eval: f
 
 
 def restore(saved: dict, ckpt: Path, agent: SAC, rb: ReplayBuffer, envs: gym.vector.SyncVectorEnv) -> tuple:
-    """checkpoint_state's inverse; returns the loop's (obs, global_step, best_eval, last_return). log_alpha
-    and alpha are overwritten in place, so the optimizer, which holds that very log_alpha tensor, keeps
-    training it. A missing or misfitting piece: one line."""
+    """checkpoint_state's inverse; returns (obs, global_step, best_eval, last_return). log_alpha is overwritten
+    in place: the optimizer holds that very tensor. A missing or misfitting piece: one line."""
     try:
         for k, m in agent.modules().items():
             m.load_state_dict(saved["modules"][k])
