@@ -337,9 +337,7 @@ class ReplayBuffer:
             try:
                 data = np.load(path, mmap_mode="r", allow_pickle=False)
             except (OSError, ValueError) as e:
-                raise UserError(
-                    f"checkpoint buffer file {path} is unreadable ({e}); it is truncated or corrupt"
-                ) from None
+                raise UserError(f"checkpoint buffer file {path} is unreadable ({e}): truncated or corrupt") from None
             if data.shape != target.shape or data.dtype != target.dtype:
                 raise UserError(
                     f"checkpoint buffer file {path} has shape {data.shape} {data.dtype}, "
