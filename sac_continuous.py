@@ -277,7 +277,7 @@ class ReplayBuffer:
         self._envs = np.arange(n)
 
     def start(self, obs: np.ndarray) -> None:
-        """Store each env's current observation (after reset or resume)."""
+        """Store each env's first observation, after reset (a resume loads the buffer instead)."""
         self._put_obs(self._envs, obs)
 
     def _put_obs(self, envs: np.ndarray, obs: np.ndarray) -> None:
