@@ -48,62 +48,34 @@ EXIT_ABORTED = 130  # a second Ctrl-C: stopped at once
 
 @dataclass
 class Args:
-    env_id: str = "Humanoid-v5"
-    """the id of a gymnasium environment with a Box action space"""
-    total_timesteps: int = 1_000_000
-    """environment steps to train for, counted over all envs (on --resume, the new total)"""
-    seed: int = 1
-    """seed of python, numpy, torch, the environments and the replay buffer"""
-    torch_deterministic: bool = True
-    """make cuDNN deterministic (`torch.backends.cudnn.deterministic`)"""
-    device: str = "auto"
-    """auto (CUDA, else MPS, else CPU), or a torch device such as cpu, cuda, cuda:1, mps"""
-    num_envs: int = 1
-    """parallel environments; one gradient update is made per vector step (num_envs transitions)"""
-    buffer_size: int = 1_000_000
-    """replay buffer capacity in observation slots, shared by all envs"""
-    gamma: float = 0.99
-    """discount factor"""
-    tau: float = 0.005
-    """target smoothing coefficient: target <- (1 - tau) * target + tau * online"""
-    batch_size: int = 256
-    """transitions per gradient update"""
-    learning_starts: int = 25_000
-    """steps of uniformly random actions before learning starts"""
-    policy_lr: float = 3e-4
-    """actor learning rate"""
-    q_lr: float = 3e-4
-    """critic (and entropy temperature) learning rate"""
-    policy_frequency: int = 1
-    """update the actor every N critic updates (N actor updates at once, as in TD3/CleanRL)"""
-    target_network_frequency: int = 1
-    """update the target critics every N critic updates"""
-    alpha: float = 0.1
-    """entropy temperature; the initial value when --autotune"""
-    autotune: bool = True
-    """learn alpha so that the policy entropy tracks -dim(A)"""
-    eval_frequency: int = 10_000
-    """evaluate the deterministic policy every N steps (0: only at the end)"""
-    eval_episodes: int = 10
-    """episodes per evaluation"""
-    capture_video: bool = False
-    """record the first episode of each evaluation to videos/ as MP4"""
-    checkpoint_frequency: int = 50_000
-    """write a resumable checkpoint every N steps (0: off, except at exit)"""
-    resume: str = ""
-    """continue from a checkpoint: a run directory, a checkpoint directory, or 'auto' (this --run-name's latest)"""
-    eval_checkpoint: str = ""
-    """evaluate this model.pt (or best_model.pt) and exit, without training"""
-    run_name: str = ""
-    """name of the run directory under --output-dir (default: <env-id>__sac__<seed>__<unix time>)"""
-    output_dir: str = "runs"
-    """where run directories are created"""
-    log_frequency: int = 100
-    """write loss scalars to TensorBoard every N gradient updates"""
-    compile: bool = False
-    """torch.compile the critic and actor losses: a speed option for GPUs, the same algorithm"""
-    cudagraphs: bool = False
-    """CUDA only: replay each update step as one recorded CUDA graph; the same algorithm, exact resume not guaranteed"""
+    env_id: str = "Humanoid-v5"  # the id of a gymnasium environment with a Box action space
+    total_timesteps: int = 1_000_000  # environment steps to train for, over all envs (on --resume, the new total)
+    seed: int = 1  # seed of python, numpy, torch, the environments and the replay buffer
+    torch_deterministic: bool = True  # make cuDNN deterministic (`torch.backends.cudnn.deterministic`)
+    device: str = "auto"  # auto (CUDA, else MPS, else CPU), or a torch device such as cpu, cuda, cuda:1, mps
+    num_envs: int = 1  # parallel environments; one gradient update is made per vector step (num_envs transitions)
+    buffer_size: int = 1_000_000  # replay buffer capacity in observation slots, shared by all envs
+    gamma: float = 0.99  # discount factor
+    tau: float = 0.005  # target smoothing coefficient: target <- (1 - tau) * target + tau * online
+    batch_size: int = 256  # transitions per gradient update
+    learning_starts: int = 25_000  # steps of uniformly random actions before learning starts
+    policy_lr: float = 3e-4  # actor learning rate
+    q_lr: float = 3e-4  # critic (and entropy temperature) learning rate
+    policy_frequency: int = 1  # update the actor every N critic updates (N actor updates at once, as in TD3/CleanRL)
+    target_network_frequency: int = 1  # update the target critics every N critic updates
+    alpha: float = 0.1  # entropy temperature; the initial value when --autotune
+    autotune: bool = True  # learn alpha so that the policy entropy tracks -dim(A)
+    eval_frequency: int = 10_000  # evaluate the deterministic policy every N steps (0: only at the end)
+    eval_episodes: int = 10  # episodes per evaluation
+    capture_video: bool = False  # record the first episode of each evaluation to videos/ as MP4
+    checkpoint_frequency: int = 50_000  # write a resumable checkpoint every N steps (0: off, except at exit)
+    resume: str = ""  # continue from a checkpoint: a run dir, a checkpoint dir, or 'auto' (this --run-name's latest)
+    eval_checkpoint: str = ""  # evaluate this model.pt (or best_model.pt) and exit, without training
+    run_name: str = ""  # name of the run directory under --output-dir (default: <env-id>__sac__<seed>__<unix time>)
+    output_dir: str = "runs"  # where run directories are created
+    log_frequency: int = 100  # write loss scalars to TensorBoard every N gradient updates
+    compile: bool = False  # torch.compile the critic and actor losses: a speed option for GPUs, the same algorithm
+    cudagraphs: bool = False  # CUDA: replay updates as CUDA graphs (the same algorithm; exact resume not guaranteed)
 
 
 class UserError(Exception):
@@ -155,20 +127,15 @@ def validate_args(args: Args) -> None:
 
 
 def pick_device(name: str) -> torch.device:
+    available = {"cuda": torch.cuda.is_available(), "mps": torch.backends.mps.is_available()}
     if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        if torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
+        return torch.device("cuda" if available["cuda"] else "mps" if available["mps"] else "cpu")
     try:
         device = torch.device(name)
     except RuntimeError:
         raise UserError(f"--device '{name}' is not a torch device; use auto, cpu, cuda or mps") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise UserError(f"--device {name}: CUDA is not available here; use --device cpu or auto")
-    if device.type == "mps" and not torch.backends.mps.is_available():
-        raise UserError(f"--device {name}: MPS is not available here; use --device cpu or auto")
+    if not available.get(device.type, True):
+        raise UserError(f"--device {name}: {device.type.upper()} is not available here; use --device cpu or auto")
     return device
 
 
@@ -184,17 +151,16 @@ def make_env(env_id: str, render_mode: str | None = None) -> gym.Env:
     except ImportError as e:
         raise UserError(f"environment '{env_id}' needs a missing package ({e}); install it") from None
     space, obs_space = env.action_space, env.observation_space
-    problem = None
     if not isinstance(space, gym.spaces.Box):
         problem = f"has a {type(space).__name__} action space; SAC here needs a continuous (Box) one"
     elif not isinstance(obs_space, gym.spaces.Box) or len(obs_space.shape) != 1:
         problem = f"has observation space {obs_space}; this script needs a flat Box"
     elif not (np.all(np.isfinite(space.low)) and np.all(np.isfinite(space.high))):
         problem = "has an unbounded action space; SAC squashes actions into finite bounds"
-    if problem:
-        env.close()
-        raise UserError(f"'{env_id}' {problem}")
-    return env
+    else:
+        return env
+    env.close()
+    raise UserError(f"'{env_id}' {problem}")
 
 
 GL_LIBRARIES = {"osmesa": ("OSMesa", "libosmesa6"), "egl": ("EGL", "libegl1")}  # MUJOCO_GL: library, Debian package
@@ -236,7 +202,6 @@ def check_rendering(env_id: str, capture_video: bool) -> None:
 def make_vector_env(env_id: str, num_envs: int) -> gym.vector.SyncVectorEnv:
     """Training envs. SAME_STEP autoreset: when an episode ends, step() returns the reset observation
     and puts the real last observation in infos["final_obs"], which is what the buffer must store."""
-    make_env(env_id).close()  # fail early, with a clear message, on a bad id or space
     return gym.vector.SyncVectorEnv(
         [lambda: gym.wrappers.RecordEpisodeStatistics(make_env(env_id)) for _ in range(num_envs)],
         autoreset_mode=gym.vector.AutoresetMode.SAME_STEP,
@@ -244,8 +209,8 @@ def make_vector_env(env_id: str, num_envs: int) -> gym.vector.SyncVectorEnv:
 
 
 def real_next_observations(next_obs: np.ndarray, dones: np.ndarray, infos: dict) -> np.ndarray:
-    """s' of each env's transition: next_obs, except where an episode just ended, where next_obs is
-    already the reset observation and the real last one is infos["final_obs"]."""
+    """s' of each env's transition: where an episode just ended, next_obs is the reset observation and s' is
+    infos["final_obs"]."""
     if not dones.any():
         return next_obs
     real = next_obs.copy()
@@ -325,8 +290,7 @@ class Actor(nn.Module):
         log_prob = (log_normal - log_det_tanh).sum(-1, keepdim=True) - self.log_scale_sum
         return torch.tanh(u) * self.action_scale + self.action_bias, log_prob
 
-    def deterministic(self, obs: torch.Tensor) -> torch.Tensor:
-        """The evaluation action: tanh of the mean, rescaled."""
+    def deterministic(self, obs: torch.Tensor) -> torch.Tensor:  # the evaluation action
         return torch.tanh(self(obs)[0]) * self.action_scale + self.action_bias
 
 
@@ -361,7 +325,7 @@ class ReplayBuffer:
         self._envs = np.arange(n)
 
     def start(self, obs: np.ndarray) -> None:
-        """Store each env's current observation (after reset or resume)."""
+        """Store each env's first observation, after reset (a resume loads the buffer instead)."""
         self._put_obs(self._envs, obs)
 
     def _put_obs(self, envs: np.ndarray, obs: np.ndarray) -> None:
@@ -421,9 +385,7 @@ class ReplayBuffer:
             try:
                 data = np.load(path, mmap_mode="r", allow_pickle=False)
             except (OSError, ValueError) as e:
-                raise UserError(
-                    f"checkpoint buffer file {path} is unreadable ({e}); it is truncated or corrupt"
-                ) from None
+                raise UserError(f"checkpoint buffer file {path} is unreadable ({e}): truncated or corrupt") from None
             if data.shape != target.shape or data.dtype != target.dtype:
                 raise UserError(
                     f"checkpoint buffer file {path} has shape {data.shape} {data.dtype}, "
@@ -453,6 +415,12 @@ def alpha_loss_fn(log_alpha: torch.Tensor, log_prob: torch.Tensor, target_entrop
     return (log_alpha.exp() * (-log_prob.detach() - target_entropy)).mean()
 
 
+def gradient_step(optimizer: torch.optim.Optimizer, loss: torch.Tensor) -> None:
+    optimizer.zero_grad()
+    loss.backward()
+    optimizer.step()
+
+
 @torch.no_grad()
 def polyak_update(online: list[torch.Tensor], target: list[torch.Tensor], tau: float) -> None:
     """target <- target + tau * (online - target), for every pair of tensors in one call."""
@@ -465,34 +433,27 @@ def polyak_update(online: list[torch.Tensor], target: list[torch.Tensor], tau: f
 def check_fast_path(args: Args, device: torch.device) -> None:
     """--compile and --cudagraphs need things that a plain run does not: refuse early, in one line."""
     if args.cudagraphs and device.type != "cuda":
-        raise UserError(
-            f"--cudagraphs needs a CUDA device (CUDA graphs exist only there), but the device is {device}; "
-            "drop --cudagraphs or use --device cuda"
-        )
-    if args.compile and device.type == "cpu":
-        compiler = os.environ.get("CXX", "g++")
-        if shutil.which(compiler) is None:
-            raise UserError(
-                f"--compile on the CPU needs a C++ compiler ({compiler}, or set CXX); install one or drop --compile"
-            )
-    if args.compile and device.type == "cuda":
-        if importlib.util.find_spec("triton") is None:
-            raise UserError("--compile on CUDA needs the triton package; install it or drop --compile")
-        if not (os.environ.get("CC") or shutil.which("gcc") or shutil.which("clang")):  # triton's launcher
-            raise UserError(
-                "--compile on CUDA needs a C compiler for triton (gcc or clang, or set CC); "
-                "install one or drop --compile"
-            )
+        raise UserError(f"--cudagraphs needs a CUDA device, but the device is {device}; drop it or use --device cuda")
+    if not args.compile:
+        return
+    cxx = os.environ.get("CXX", "g++")
+    c_compiler = os.environ.get("CC") or shutil.which("gcc") or shutil.which("clang")  # for triton's launcher
+    if device.type == "cpu" and shutil.which(cxx) is None:
+        needs = f"a C++ compiler ({cxx}, or set CXX)"
+    elif device.type == "cuda" and importlib.util.find_spec("triton") is None:
+        needs = "the triton package"
+    elif device.type == "cuda" and not c_compiler:
+        needs = "a C compiler for triton (gcc or clang, or set CC)"
+    else:
+        return
+    raise UserError(f"--compile on {device.type.upper()} needs {needs}; install it or drop --compile")
 
 
 def cuda_graphed(step, warmup_calls: int = 3):
-    """step(*tensors) -> outputs, recorded once as a CUDA graph and replayed: one launch per call.
-
-    Every call is a real step. The first warmup_calls run eagerly on a side stream (creating gradients and
-    optimizer state); the next records step on copies of its inputs, which become the graph's fixed inputs;
-    later calls copy their inputs into those and replay. Outputs are the graph's own tensors, overwritten by
-    the next replay. This needs what SAC provides: state updated in place, capturable Adam, no host sync.
-    """
+    """step(*tensors) -> outputs, recorded once as a CUDA graph and replayed: one launch per call. Every call
+    is a real step: warmup_calls eager ones on a side stream (creating gradients and optimizer state), one that
+    records, then replays on the recorded inputs, refilled; outputs are overwritten by the next replay.
+    This needs what SAC provides: state updated in place, capturable Adam, no host sync."""
     calls, graph, static_inputs, static_outputs = 0, None, None, None
 
     def run(*inputs):
@@ -569,10 +530,8 @@ class SAC:
         return {name: getattr(self, name) for name in names}
 
     def optimizers(self) -> dict[str, torch.optim.Optimizer]:
-        opts = {"q_optimizer": self.q_optimizer, "actor_optimizer": self.actor_optimizer}
-        if self.a_optimizer is not None:
-            opts["a_optimizer"] = self.a_optimizer
-        return opts
+        names = ("q_optimizer", "actor_optimizer", "a_optimizer")
+        return {name: getattr(self, name) for name in names if getattr(self, name) is not None}
 
     def to_device(self, batch: tuple[np.ndarray, ...]) -> list[torch.Tensor]:
         """float32 tensors on the device; to CUDA from pinned host memory, so that the copies are asynchronous."""
@@ -618,9 +577,7 @@ class SAC:
 
     def update_critics(self, obs, actions, rewards, terminations, next_obs) -> dict[str, torch.Tensor]:
         qf_loss, stats = self.critic_loss(obs, actions, rewards, terminations, next_obs)
-        self.q_optimizer.zero_grad()
-        qf_loss.backward()
-        self.q_optimizer.step()
+        gradient_step(self.q_optimizer, qf_loss)
         return stats
 
     def actor_loss(self, obs) -> tuple[torch.Tensor, torch.Tensor]:
@@ -631,9 +588,7 @@ class SAC:
 
     def update_actor(self, obs) -> tuple[torch.Tensor, torch.Tensor]:
         actor_loss, log_pi = self.actor_loss(obs)
-        self.actor_optimizer.zero_grad()
-        actor_loss.backward()
-        self.actor_optimizer.step()
+        gradient_step(self.actor_optimizer, actor_loss)
         return actor_loss.detach(), log_pi
 
     def update_policy(self, obs) -> dict[str, torch.Tensor]:
@@ -647,9 +602,7 @@ class SAC:
     def update_alpha(self, log_pi: torch.Tensor) -> torch.Tensor:
         """Reuses the actor step's log-probs (detached inside the loss): no second actor forward."""
         alpha_loss = alpha_loss_fn(self.log_alpha, log_pi, self.target_entropy)
-        self.a_optimizer.zero_grad()
-        alpha_loss.backward()
-        self.a_optimizer.step()
+        gradient_step(self.a_optimizer, alpha_loss)
         with torch.no_grad():
             self.alpha.copy_(self.log_alpha.exp())
         return alpha_loss.detach()
@@ -1047,9 +1000,8 @@ def checkpoint_state(args, agent: SAC, envs, obs, global_step: int, best_eval: f
 
 
 def restore(saved: dict, ckpt: Path, agent: SAC, rb: ReplayBuffer, envs: gym.vector.SyncVectorEnv) -> tuple:
-    """checkpoint_state's inverse; returns the loop's (obs, global_step, best_eval, last_return). log_alpha
-    and alpha are overwritten in place, so the optimizer, which holds that very log_alpha tensor, keeps
-    training it. A missing or misfitting piece: one line."""
+    """checkpoint_state's inverse; returns (obs, global_step, best_eval, last_return). log_alpha is overwritten
+    in place: the optimizer holds that very tensor. A missing or misfitting piece: one line."""
     try:
         for k, m in agent.modules().items():
             m.load_state_dict(saved["modules"][k])
@@ -1093,10 +1045,7 @@ class StopRequest:
         if self.signal_name is not None:
             os._exit(EXIT_ABORTED)
         self.signal_name = signal.Signals(signum).name
-        print(
-            f"\n{self.signal_name}: finishing this step and writing a checkpoint (again to quit at once)",
-            file=sys.stderr,
-        )
+        print(f"\n{self.signal_name}: finishing this step, writing a checkpoint (again: quit at once)", file=sys.stderr)
 
 
 class Progress:
@@ -1107,18 +1056,16 @@ class Progress:
         self.total, self.learning_starts, self.bar = total, learning_starts, None
         self.rate_step, self.rate_time, self.last_draw = start, time.time(), 0.0
         if sys.stderr.isatty():
-            from rich.progress import BarColumn, MofNCompleteColumn, TextColumn
-            from rich.progress import Progress as RichProgress
+            from rich import progress as rp
 
-            fields = TextColumn("{task.fields[sps]} SPS  return {task.fields[ret]}  ETA {task.fields[eta]}")
-            self.bar = RichProgress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), fields)
+            fields = rp.TextColumn("{task.fields[sps]} SPS  return {task.fields[ret]}  ETA {task.fields[eta]}")
+            self.bar = rp.Progress(rp.TextColumn("{task.description}"), rp.BarColumn(), rp.MofNCompleteColumn(), fields)
             self.task = self.bar.add_task(self.phase(start), total=total, completed=start, sps="-", ret="-", eta="-")
             self.bar.start()
 
     def phase(self, step: int) -> str:
-        if step < self.learning_starts:
-            return f"SAC: random actions until {self.learning_starts:,}"
-        return "SAC: training"
+        random_phase = f"SAC: random actions until {self.learning_starts:,}"
+        return random_phase if step < self.learning_starts else "SAC: training"
 
     def update(self, step: int, last_return: float) -> None:
         now = time.time()
@@ -1438,10 +1385,7 @@ def train(args: Args) -> int:
 
 
 def eval_only(args: Args) -> int:
-    if args.resume:  # validate_args says so too, but only train() calls it
-        raise UserError("--resume and --eval-checkpoint exclude each other; pass one of them")
-    if args.eval_episodes <= 0:
-        raise UserError(f"--eval-episodes must be positive, got {args.eval_episodes}")
+    validate_args(args)
     device = pick_device(args.device)
     path = Path(args.eval_checkpoint)
     check_rendering(args.env_id, args.capture_video)
