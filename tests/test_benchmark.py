@@ -54,8 +54,9 @@ TINY = [
 ]
 
 
-def runner(out: Path, *options: str, script_flags=TINY, timeout=300) -> subprocess.CompletedProcess:
-    cmd = [
+def runner_command(out: Path, *options: str, script_flags=TINY) -> list[str]:
+    """benchmark/run.py over Pendulum-v1 x SEEDS, two CPU runs at once, into out."""
+    return [
         sys.executable,
         str(BENCH / "run.py"),
         "--envs",
@@ -74,6 +75,10 @@ def runner(out: Path, *options: str, script_flags=TINY, timeout=300) -> subproce
         "--",
         *script_flags,
     ]
+
+
+def runner(out: Path, *options: str, script_flags=TINY, timeout=300) -> subprocess.CompletedProcess:
+    cmd = runner_command(out, *options, script_flags=script_flags)
     return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=ROOT)
 
 
@@ -287,24 +292,7 @@ def test_ctrl_c_is_forwarded_once_so_every_run_checkpoints(tmp_path):
         "--buffer-size",
         "5000",
     ]
-    cmd = [
-        sys.executable,
-        str(BENCH / "run.py"),
-        "--envs",
-        "Pendulum-v1",
-        "--seeds",
-        *SEEDS,
-        "--jobs",
-        "2",
-        "--threads",
-        "1",
-        "--device",
-        "cpu",
-        "--output-dir",
-        str(out),
-        "--",
-        *flags,
-    ]
+    cmd = runner_command(out, script_flags=flags)
     # its own process group, signalled as a whole below, like a terminal's Ctrl-C: the runs must not
     # get that SIGINT as well as the runner's, or they would quit without a checkpoint (exit 130)
     proc = subprocess.Popen(

@@ -58,6 +58,8 @@ EXACT_FLAGS = [
     RUN,
 ]
 BASE_FLAGS = ["--device", "cpu", "--eval-frequency", "0", "--eval-episodes", "1", "--run-name", RUN]
+# a small Pendulum-v1 run for the tests that need a process to signal, break or fill the disk under
+SMALL_PENDULUM = ["--env-id", "Pendulum-v1", "--learning-starts", "50", "--batch-size", "32", "--buffer-size", "1000"]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -524,21 +526,7 @@ def test_second_ctrl_c_exits_130_at_once(tmp_path):
     running (here held inside an update), exits 130 at once, without the checkpoint."""
     wrapper = tmp_path / "wrapper.py"
     wrapper.write_text(SECOND_SIGINT_WRAPPER.format(repo=str(REPO)))
-    flags = [
-        "--env-id",
-        "Pendulum-v1",
-        "--total-timesteps",
-        "1000",
-        "--learning-starts",
-        "50",
-        "--batch-size",
-        "32",
-        "--buffer-size",
-        "1000",
-        "--checkpoint-frequency",
-        "500",
-        *BASE_FLAGS,
-    ]
+    flags = [*SMALL_PENDULUM, "--total-timesteps", "1000", "--checkpoint-frequency", "500", *BASE_FLAGS]
     proc = start(tmp_path, *flags, script=wrapper)
     wait_until(lambda: (tmp_path / "in_update").exists(), proc, "the held update")
     proc.send_signal(signal.SIGINT)
@@ -947,14 +935,7 @@ def test_nan_loss_exits_3_and_keeps_the_last_good_checkpoint(tmp_path):
     wrapper = tmp_path / "nan_wrapper.py"
     wrapper.write_text(NAN_WRAPPER.format(repo=str(REPO)))
     flags = [
-        "--env-id",
-        "Pendulum-v1",
-        "--learning-starts",
-        "50",
-        "--batch-size",
-        "32",
-        "--buffer-size",
-        "1000",
+        *SMALL_PENDULUM,
         "--checkpoint-frequency",
         "100",
         *BASE_FLAGS,
@@ -1003,14 +984,7 @@ def test_nan_before_the_final_evaluation_keeps_the_last_good_model(tmp_path):
     wrapper = tmp_path / "nan_wrapper.py"
     wrapper.write_text(NAN_WRAPPER.format(repo=str(REPO)))
     flags = [
-        "--env-id",
-        "Pendulum-v1",
-        "--learning-starts",
-        "50",
-        "--batch-size",
-        "32",
-        "--buffer-size",
-        "1000",
+        *SMALL_PENDULUM,
         "--checkpoint-frequency",
         "0",
         "--log-frequency",

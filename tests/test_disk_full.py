@@ -26,6 +26,7 @@ import pytest
 import torch
 from test_checkpoint import (
     SCRIPT,
+    SMALL_PENDULUM,
     assert_one_error_line,
     assert_same_checkpoint,
     assert_same_model_file,
@@ -39,14 +40,7 @@ import sac_continuous as sac
 
 TOTAL, EVERY = 150, 60  # checkpoints and evaluations at 60 (the first), 120 (a later one) and 150 (the end)
 FLAGS = [
-    "--env-id",
-    "Pendulum-v1",
-    "--learning-starts",
-    "50",
-    "--batch-size",
-    "32",
-    "--buffer-size",
-    "1000",
+    *SMALL_PENDULUM,
     "--checkpoint-frequency",
     str(EVERY),
     "--eval-frequency",

@@ -49,25 +49,28 @@ FLAG_SETS = {
 # ----------------------------------------------------------------------------------------------------------
 
 
-def run_child(cmd: list[str], timeout: float, env: dict | None = None, cwd: Path | None = None) -> dict:
-    """Run cmd in its own process group; kill the whole group at the time box. Returns rc, output, seconds."""
-    t = time.perf_counter()
-    proc = subprocess.Popen(
-        cmd,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        cwd=cwd,
-        env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
-        start_new_session=True,
+def start_child(cmd: list[str], env: dict | None = None, cwd: Path | None = None) -> subprocess.Popen:
+    """cmd in its own process group (so a time box can kill all of it), stdout and stderr together."""
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+    return subprocess.Popen(
+        cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=cwd, env=env, start_new_session=True
     )
+
+
+def finish_child(proc: subprocess.Popen, timeout: float) -> tuple[str, bool]:
+    """(output, timed out): waits up to timeout seconds, then kills the child's whole process group."""
     try:
-        out, _ = proc.communicate(timeout=max(timeout, 1))
-        timed_out = False
+        return proc.communicate(timeout=max(timeout, 1))[0], False
     except subprocess.TimeoutExpired:
         os.killpg(proc.pid, signal.SIGKILL)
-        out, _ = proc.communicate()
-        timed_out = True
+        return proc.communicate()[0], True
+
+
+def run_child(cmd: list[str], timeout: float, env: dict | None = None, cwd: Path | None = None) -> dict:
+    """Run cmd with a time box. Returns rc, output, seconds."""
+    t = time.perf_counter()
+    proc = start_child(cmd, env, cwd)
+    out, timed_out = finish_child(proc, timeout)
     return {"rc": proc.returncode, "out": out, "seconds": time.perf_counter() - t, "timed_out": timed_out}
 
 
@@ -320,24 +323,11 @@ def part_resume(device: str, work: Path, timeout: float) -> dict:
         ]
 
     t = time.perf_counter()
-    procs = [
-        subprocess.Popen(
-            cmd(d, n),
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-            env={**os.environ, **env},
-            start_new_session=True,
-        )
-        for d, n in (("a", total), ("b", mid), ("c", total))
-    ]
+    procs = [start_child(cmd(d, n), env) for d, n in (("a", total), ("b", mid), ("c", total))]
     outs = []
     for p in procs:
-        try:
-            outs.append((p.communicate(timeout=max(1, timeout - (time.perf_counter() - t)))[0], p.returncode))
-        except subprocess.TimeoutExpired:
-            os.killpg(p.pid, signal.SIGKILL)
-            outs.append((p.communicate()[0], "timeout"))
+        out, timed_out = finish_child(p, timeout - (time.perf_counter() - t))
+        outs.append((out, "timeout" if timed_out else p.returncode))
     second = run_child(cmd("b", total), max(1, timeout - (time.perf_counter() - t)), env=env)
     outs.append((second["out"], "timeout" if second["timed_out"] else second["rc"]))
     bad = [f"run {i}: exit {rc}: {tail(o)}" for i, (o, rc) in enumerate(outs) if rc != 0]
@@ -461,23 +451,12 @@ def part_throughput(
         barrier.mkdir(parents=True, exist_ok=True)
         threads = max(1, cores // n) if cuda else 1
         t = time.perf_counter()
-        procs = [
-            subprocess.Popen(
-                speed_cmd(device, flags, q, threads, barrier=str(barrier), concurrent=n),
-                stdout=subprocess.PIPE,
-                stderr=subprocess.STDOUT,
-                text=True,
-                start_new_session=True,
-                env={**os.environ, "OMP_NUM_THREADS": str(threads), "PYTHONUNBUFFERED": "1"},
-            )
-            for _ in range(n)
-        ]
+        cmd = speed_cmd(device, flags, q, threads, barrier=str(barrier), concurrent=n)
+        procs = [start_child(cmd, {"OMP_NUM_THREADS": str(threads)}) for _ in range(n)]
         per_run, errors = [], []
         for p in procs:
-            try:
-                out = p.communicate(timeout=max(1, timeout_each - (time.perf_counter() - t)))[0]
-            except subprocess.TimeoutExpired:
-                os.killpg(p.pid, signal.SIGKILL)
+            out, timed_out = finish_child(p, timeout_each - (time.perf_counter() - t))
+            if timed_out:
                 errors.append(f"timed out after {timeout_each:.0f} s")
                 continue
             r = result_line(out)
@@ -559,23 +538,12 @@ def part_learning(device: str, flags: str, seconds: float, work: Path, q: dict) 
     for k, v in settings.items():
         cmd += [f"--{k}" if v is not False else f"--no-{k}"] if isinstance(v, bool) else [f"--{k}", str(v)]
     t = time.perf_counter()
-    proc = subprocess.Popen(
-        cmd,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        start_new_session=True,
-        env={**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "4"},
-    )
+    proc = start_child(cmd, {"OMP_NUM_THREADS": "4"})
     try:
         out = proc.communicate(timeout=seconds)[0]
     except subprocess.TimeoutExpired:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            out = proc.communicate(timeout=90)[0]
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            out = proc.communicate()[0]
+        proc.send_signal(signal.SIGTERM)  # the script checkpoints and exits 75
+        out = finish_child(proc, 90)[0]
     res = {
         "flags": flags,
         "settings": " ".join(cmd[2:]),
