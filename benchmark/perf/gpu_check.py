@@ -1,6 +1,6 @@
 """GPU acceptance in one command: does every GPU path of sac_continuous.py work here, and how fast is it?
 
-    python benchmark/perf/gpu_check.py --out gpu-report                    # one NVIDIA GPU (416 s on an H200 with --budget 420)
+    python benchmark/perf/gpu_check.py --out gpu-report  # one NVIDIA GPU (416 s on an H200 with --budget 420)
     python benchmark/perf/gpu_check.py --out /tmp/check --device cpu --quick  # every part, tiny sizes (CI)
 
 Parts, each in its own subprocess with its own time box, so a hang or a crash costs only that part:
