@@ -1,14 +1,10 @@
 """Soft Actor-Critic for continuous control, in one file: python sac_continuous.py --env-id Humanoid-v5
 
-SAC with a tanh-squashed Gaussian actor, twin Q critics with Polyak-averaged targets and automatic entropy tuning
-(Haarnoja et al. 2018, arXiv:1801.01290 and arXiv:1812.05905). Read top to bottom: Args, environments, networks,
-replay buffer, the SAC update, evaluation, checkpoints, the training loop.
-"""
-
-from __future__ import annotations
+Tanh-squashed Gaussian actor, twin Q critics, automatic entropy tuning (Haarnoja et al. 2018, arXiv:1812.05905). Exit
+codes: 0 done, 2 bad input (nothing written), 3 diverged, 74 a write failed (e.g. disk full), 75 stopped by a signal
+(checkpoint written), 130 aborted."""
 
 import dataclasses
-import importlib
 import importlib.util
 import io
 import json
@@ -40,8 +36,6 @@ EXIT_ABORTED = 130  # a second Ctrl-C: stopped at once
 
 
 # --- Args -----------------------------------------------------------------------------------------
-
-
 @dataclass
 class Args:
     env_id: str = "Humanoid-v5"  # the id of a gymnasium environment with a Box action space
@@ -79,9 +73,7 @@ class Args:
     cudagraphs: bool = False  # CUDA: replay updates as CUDA graphs (the same algorithm; exact resume not guaranteed)
 
 
-class Exit(Exception):
-    """Ends the run: main() prints the message as one line on stderr and exits with the code."""
-
+class Exit(Exception):  # main() prints the message as one line on stderr and exits with the code
     def __init__(self, message: str, code: int = EXIT_BAD_INPUT):
         super().__init__(message)
         self.code = code
@@ -91,10 +83,9 @@ def flag(name: str) -> str:
     return "--" + name.replace("_", "-")
 
 
-def validate_args(args: Args) -> None:
+def check_args(args: Args) -> torch.device:  # refuses unusable flags before anything is written
     positive = ["total_timesteps", "num_envs", "buffer_size", "batch_size", "eval_episodes", "log_frequency"]
-    positive += ["policy_frequency", "target_network_frequency", "policy_lr", "q_lr", "alpha"]
-    for name in positive:
+    for name in positive + ["policy_frequency", "target_network_frequency", "policy_lr", "q_lr", "alpha"]:
         if not getattr(args, name) > 0:  # `not >` also refuses NaN
             raise Exit(f"{flag(name)} must be positive, got {getattr(args, name)}")
     for name in ["learning_starts", "eval_frequency", "checkpoint_frequency", "num_threads"]:
@@ -113,26 +104,26 @@ def validate_args(args: Args) -> None:
         raise Exit("--resume and --eval-checkpoint exclude each other; pass one of them")
     if args.track and importlib.util.find_spec("wandb") is None:
         raise Exit("--track needs Weights & Biases: pip install wandb")
-
-
-def pick_device(name: str) -> torch.device:
     available = {"cuda": torch.cuda.is_available(), "mps": torch.backends.mps.is_available()}
-    if name == "auto":
-        return torch.device("cuda" if available["cuda"] else "mps" if available["mps"] else "cpu")
+    auto = "cuda" if available["cuda"] else "mps" if available["mps"] else "cpu"
     try:
-        device = torch.device(name)
+        device = torch.device(auto if args.device == "auto" else args.device)
     except RuntimeError:
-        raise Exit(f"--device '{name}' is not a torch device; use auto, cpu, cuda or mps") from None
+        raise Exit(f"--device '{args.device}' is not a torch device; use auto, cpu, cuda or mps") from None
     if not available.get(device.type, True):
-        raise Exit(f"--device {name}: {device.type.upper()} is not available here; use --device cpu or auto")
+        raise Exit(f"--device {args.device}: {device.type.upper()} is not available here; use --device cpu or auto")
+    if args.cudagraphs and device.type != "cuda":
+        raise Exit(f"--cudagraphs needs a CUDA device, but the device is {device}; drop it or use --device cuda")
+    cxx, cc = os.environ.get("CXX", "g++"), os.environ.get("CC") or shutil.which("gcc") or shutil.which("clang")
+    if args.compile and device.type == "cpu" and shutil.which(cxx) is None:
+        raise Exit(f"--compile on CPU needs a C++ compiler ({cxx}, or set CXX); install it or drop --compile")
+    if args.compile and device.type == "cuda" and (importlib.util.find_spec("triton") is None or not cc):
+        raise Exit("--compile on CUDA needs triton and a C compiler (gcc, or set CC); install them or drop --compile")
     return device
 
 
 # --- Environments ---------------------------------------------------------------------------------
-
-
 def make_env(env_id: str, render_mode: str | None = None) -> gym.Env:
-    """gym.make with bad ids and unusable spaces turned into one line."""
     try:
         env = gym.make(env_id, render_mode=render_mode)
     except gym.error.Error as e:  # NameNotFound, VersionNotFound, DeprecatedEnv, missing extras...
@@ -153,33 +144,26 @@ def make_env(env_id: str, render_mode: str | None = None) -> gym.Env:
 
 
 def check_rendering(env_id: str, capture_video: bool) -> None:
-    """Before anything is written: MuJoCo's OpenGL library loads (PyOpenGL fails at `import mujoco` otherwise), and
-    with --capture-video the env renders frames (classic-control envs need pygame)."""
-    gl = os.environ.get("MUJOCO_GL")
-    if gl in ("osmesa", "egl") and "mujoco" in str(gym.registry[env_id].entry_point if env_id in gym.registry else ""):
-        try:
-            importlib.import_module("mujoco")
-        except (ImportError, AttributeError, OSError):
-            package = {"osmesa": "libosmesa6", "egl": "libegl1"}[gl]
-            raise Exit(f"MUJOCO_GL={gl}: cannot load its OpenGL library; install {package} (e.g. apt-get)") from None
-    if capture_video:
-        env = make_env(env_id, render_mode="rgb_array")
-        try:
-            env.reset(seed=0)
-            env.render()
-        except gym.error.DependencyNotInstalled as e:
-            raise Exit(f"--capture-video: {env_id} cannot render ({str(e).splitlines()[0]}); install that") from None
-        finally:
-            env.close()
+    """Before anything is written: MuJoCo's OpenGL library loads, and --capture-video's env renders (pygame...)."""
+    gl, spec = os.environ.get("MUJOCO_GL"), gym.registry.get(env_id)
+    try:
+        if gl in ("osmesa", "egl") and spec and "mujoco" in str(spec.entry_point):
+            importlib.import_module("mujoco")  # PyOpenGL loads the library here
+        if capture_video:
+            with make_env(env_id, render_mode="rgb_array") as env:
+                env.reset(seed=0)
+                env.render()
+    except gym.error.DependencyNotInstalled as e:
+        raise Exit(f"--capture-video: {env_id} cannot render ({str(e).splitlines()[0]}); install that") from None
+    except (ImportError, AttributeError, OSError):
+        package = {"osmesa": "libosmesa6", "egl": "libegl1"}.get(gl, "an OpenGL library")
+        raise Exit(f"MUJOCO_GL={gl}: cannot load its OpenGL library; install {package} (e.g. apt-get)") from None
 
 
 def make_vector_env(env_id: str, num_envs: int) -> gym.vector.SyncVectorEnv:
-    """SAME_STEP autoreset: at an episode's end step() returns the reset observation and puts the real last one in
-    infos["final_obs"], which is what the buffer must store."""
-    return gym.vector.SyncVectorEnv(
-        [lambda: gym.wrappers.RecordEpisodeStatistics(make_env(env_id)) for _ in range(num_envs)],
-        autoreset_mode=gym.vector.AutoresetMode.SAME_STEP,
-    )
+    """SAME_STEP autoreset: an episode's last step returns the reset obs and the real one in infos["final_obs"]."""
+    envs = [lambda: gym.wrappers.RecordEpisodeStatistics(make_env(env_id)) for _ in range(num_envs)]
+    return gym.vector.SyncVectorEnv(envs, autoreset_mode=gym.vector.AutoresetMode.SAME_STEP)
 
 
 # --- Networks -------------------------------------------------------------------------------------
@@ -217,8 +201,7 @@ class Actor(nn.Module):
     def __init__(self, obs_dim: int, low: np.ndarray, high: np.ndarray):
         super().__init__()
         self.trunk = mlp(obs_dim, None)
-        self.mean = nn.Linear(HIDDEN, low.shape[0])
-        self.log_std = nn.Linear(HIDDEN, low.shape[0])
+        self.mean, self.log_std = nn.Linear(HIDDEN, low.shape[0]), nn.Linear(HIDDEN, low.shape[0])
         scale = torch.as_tensor((high - low) / 2.0, dtype=torch.float32)
         self.register_buffer("action_scale", scale)
         self.register_buffer("action_bias", torch.as_tensor((high + low) / 2.0, dtype=torch.float32))
@@ -249,10 +232,8 @@ class Actor(nn.Module):
 
 
 # --- Replay buffer --------------------------------------------------------------------------------
-
-
 class ReplayBuffer:
-    """One ring of observation slots per env; each observation is stored once. The transition at slot k of env e is
+    """One ring of observation slots per env, each observation stored once: the transition at slot k of env e is
     (obs[e, k], actions[e, k], rewards[e, k], terminations[e, k], obs[e, k + 1]). At an episode's end in slot k the
     real final observation goes to slot k + 1, which starts no transition (valid False), and the reset one to k + 2.
     An overwritten slot stays invalid until its own transition is written, so wrap-around never mixes episodes."""
@@ -262,16 +243,14 @@ class ReplayBuffer:
     def __init__(self, buffer_size: int, num_envs: int, obs_dim: int, act_dim: int, seed: int):
         self.num_envs, self.capacity = num_envs, buffer_size // num_envs
         n, c = num_envs, self.capacity
-        self.obs = np.zeros((n, c, obs_dim), dtype=np.float32)
-        self.actions = np.zeros((n, c, act_dim), dtype=np.float32)
-        self.rewards = np.zeros((n, c), dtype=np.float32)
-        self.terminations, self.valid = np.zeros((n, c), dtype=np.bool_), np.zeros((n, c), dtype=np.bool_)
+        self.obs, self.actions = np.zeros((n, c, obs_dim), np.float32), np.zeros((n, c, act_dim), np.float32)
+        self.rewards = np.zeros((n, c), np.float32)
+        self.terminations, self.valid = np.zeros((n, c), bool), np.zeros((n, c), bool)
         self.pos = np.zeros(n, dtype=np.int64)  # slot holding each env's current observation
         self.written = np.zeros(n, dtype=np.int64)  # slots ever written per env (not wrapped)
         self.rng, self.envs = np.random.default_rng(seed), np.arange(n)
 
-    def start(self, obs: np.ndarray, envs: np.ndarray | None = None) -> None:
-        """Store observations that start a trajectory: each env's first one after reset, or reset ones (envs)."""
+    def start(self, obs: np.ndarray, envs: np.ndarray | None = None) -> None:  # obs that start a trajectory
         envs = self.envs if envs is None else envs
         self.obs[envs, self.pos[envs]] = obs
         self.valid[envs, self.pos[envs]] = False
@@ -289,9 +268,6 @@ class ReplayBuffer:
             self.pos[ended] = (self.pos[ended] + 1) % self.capacity
             self.start(next_obs[ended], ended)
 
-    def __len__(self) -> int:
-        return int(self.valid.sum())
-
     def sample(self, batch_size: int) -> tuple[np.ndarray, ...]:
         filled = np.minimum(self.written, self.capacity)
         env = self.rng.integers(0, self.num_envs, size=batch_size)
@@ -300,25 +276,19 @@ class ReplayBuffer:
         while bad.size:  # redraw final-observation and not-yet-complete slots (a few percent at most)
             slot[bad] = self.rng.integers(0, filled[env[bad]])
             bad = bad[~self.valid[env[bad], slot[bad]]]
-        row = env * self.capacity + slot  # rows of the flattened (envs * slots) arrays; s and s' in one gather
-        next_row = env * self.capacity + (slot + 1) % self.capacity
-        obs = self.obs.reshape(-1, self.obs.shape[-1]).take(np.concatenate([row, next_row]), axis=0)
+        row, next_row = env * self.capacity + slot, env * self.capacity + (slot + 1) % self.capacity
+        obs = self.obs.reshape(-1, self.obs.shape[-1]).take(np.concatenate([row, next_row]), axis=0)  # one gather
         actions = self.actions.reshape(-1, self.actions.shape[-1]).take(row, axis=0)
         rewards, terminations = self.rewards.reshape(-1).take(row), self.terminations.reshape(-1).take(row)
         return obs[:batch_size], actions, rewards, terminations, obs[batch_size:]
 
-    def save(self, directory: Path) -> dict:
-        """One plain .npy file per array (numpy alone reads them); returns the rest of the state."""
+    def save(self, directory: Path) -> dict:  # one plain .npy file per array; returns the rest of the state
         n = int(np.minimum(self.written, self.capacity).max())  # slots beyond n were never written
         for name in self.ARRAYS:
             array = getattr(self, name)[:, :n]
             write_file(directory / f"{name}.npy", lambda f: np.lib.format.write_array(f, array, allow_pickle=False))
-        return {
-            "pos": self.pos.tolist(),
-            "written": self.written.tolist(),
-            "slots": n,
-            "rng": self.rng.bit_generator.state,
-        }
+        meta = {"pos": self.pos.tolist(), "written": self.written.tolist(), "slots": n}
+        return meta | {"rng": self.rng.bit_generator.state}
 
     def load(self, directory: Path, meta: dict) -> None:
         for name in self.ARRAYS:
@@ -334,134 +304,7 @@ class ReplayBuffer:
         self.rng.bit_generator.state = meta["rng"]
 
 
-# --- The SAC update -------------------------------------------------------------------------------
-
-
-class SAC:
-    """Networks, optimizers and the entropy temperature: the state a checkpoint must carry."""
-
-    def __init__(self, obs_dim: int, low: np.ndarray, high: np.ndarray, args: Args, device: torch.device):
-        self.obs_dim, self.act_dim, self.args, self.device = obs_dim, low.shape[0], args, device
-        self.actor = Actor(obs_dim, low, high).to(device)
-        self.qf1, self.qf2, self.qf1_target, self.qf2_target = [
-            SoftQNetwork(obs_dim, self.act_dim).to(device) for _ in range(4)
-        ]
-        self.qf1_target.load_state_dict(self.qf1.state_dict())
-        self.qf2_target.load_state_dict(self.qf2.state_dict())
-        self.q_params = [*self.qf1.parameters(), *self.qf2.parameters()]
-        self.q_target_params = [*self.qf1_target.parameters(), *self.qf2_target.parameters()]
-        # fused: one kernel for all parameters; capturable: the step count stays on the device (CUDA graphs)
-        adam = dict(fused=device.type in ("cpu", "cuda"), capturable=args.cudagraphs)
-        self.q_optimizer = torch.optim.Adam(self.q_params, lr=args.q_lr, **adam)
-        self.actor_optimizer = torch.optim.Adam(self.actor.parameters(), lr=args.policy_lr, **adam)
-        self.target_entropy = -float(self.act_dim)
-        # the optimizer holds log_alpha; alpha = exp(log_alpha) stays on the device (no host sync per update)
-        self.log_alpha = torch.tensor([math.log(args.alpha)], device=device, requires_grad=args.autotune)
-        self.a_optimizer = torch.optim.Adam([self.log_alpha], lr=args.q_lr, **adam) if args.autotune else None
-        self.alpha = torch.tensor([args.alpha], dtype=torch.float32, device=device)
-        self.n_updates = 0
-        if args.compile or args.cudagraphs:
-            use_fast_path(self)
-
-    def modules(self) -> dict[str, nn.Module]:
-        return {name: getattr(self, name) for name in ("actor", "qf1", "qf2", "qf1_target", "qf2_target")}
-
-    def optimizers(self) -> dict[str, torch.optim.Optimizer]:
-        names = ("q_optimizer", "actor_optimizer", "a_optimizer")
-        return {name: getattr(self, name) for name in names if getattr(self, name) is not None}
-
-    def to_device(self, batch: tuple[np.ndarray, ...]) -> list[torch.Tensor]:
-        """float32 tensors on the device; to CUDA from pinned memory, so that the copies are asynchronous."""
-        tensors = [torch.from_numpy(np.asarray(x, dtype=np.float32)) for x in batch]
-        if self.device.type == "cuda":
-            return [t.pin_memory().to(self.device, non_blocking=True) for t in tensors]
-        return [t.to(self.device) for t in tensors]
-
-    def act(self, obs: np.ndarray) -> np.ndarray:  # an exploration action a ~ pi(.|s) per env
-        return self.sample_action(*self.to_device([obs])).cpu().numpy()
-
-    @torch.no_grad()
-    def sample_action(self, obs: torch.Tensor) -> torch.Tensor:
-        return self.actor.sample(obs)[0]
-
-    def update(self, batch: tuple[np.ndarray, ...]) -> dict[str, torch.Tensor]:
-        """One critic step; every policy_frequency-th call also actor and alpha steps; Polyak targets."""
-        obs, actions, rewards, terminations, next_obs = self.to_device(batch)
-        stats = dict(self.update_critics(obs, actions, rewards.unsqueeze(-1), terminations.unsqueeze(-1), next_obs))
-        if self.n_updates % self.args.policy_frequency == 0:
-            for _ in range(self.args.policy_frequency):  # delayed updates, compensated (TD3 / CleanRL)
-                stats.update(self.update_policy(obs))
-        if self.n_updates % self.args.target_network_frequency == 0:
-            self.update_targets()
-        self.n_updates += 1
-        return stats
-
-    def critic_loss(self, obs, actions, rewards, terminations, next_obs):
-        """sum_j E[(Q_j(s, a) - y)^2], y = r + gamma (1 - terminated) (min_j Q'_j(s', a') - alpha log pi(a'|s')),
-        a' ~ pi(.|s'), no gradient through y. A time-limit truncation is no terminal state: it bootstraps."""
-        with torch.no_grad():
-            next_actions, next_log_prob = self.actor.sample(next_obs)
-            next_q = torch.min(self.qf1_target(next_obs, next_actions), self.qf2_target(next_obs, next_actions))
-            y = rewards + self.args.gamma * (1.0 - terminations) * (next_q - self.alpha * next_log_prob)
-        qf1_values, qf2_values = self.qf1(obs, actions), self.qf2(obs, actions)
-        qf1_loss, qf2_loss = F.mse_loss(qf1_values, y), F.mse_loss(qf2_values, y)
-        stats = dict(qf1_values=qf1_values.mean(), qf2_values=qf2_values.mean(), qf1_loss=qf1_loss, qf2_loss=qf2_loss)
-        qf_loss = qf1_loss + qf2_loss
-        stats["qf_loss"] = qf_loss / 2.0  # logged: the mean of the two critics' losses
-        return qf_loss, {k: v.detach() for k, v in stats.items()}
-
-    def update_critics(self, obs, actions, rewards, terminations, next_obs) -> dict[str, torch.Tensor]:
-        qf_loss, stats = self.critic_loss(obs, actions, rewards, terminations, next_obs)
-        self.q_optimizer.zero_grad()
-        qf_loss.backward()
-        self.q_optimizer.step()
-        return stats
-
-    def actor_loss(self, obs) -> tuple[torch.Tensor, torch.Tensor]:
-        """J(pi) = E[alpha log pi(a|s) - min_j Q_j(s, a)], a ~ pi(.|s) reparameterized; also log pi."""
-        pi, log_pi = self.actor.sample(obs)
-        min_q = torch.min(self.qf1.value_for_actor(obs, pi), self.qf2.value_for_actor(obs, pi))
-        return (self.alpha * log_pi - min_q).mean(), log_pi
-
-    def update_policy(self, obs) -> dict[str, torch.Tensor]:
-        """The actor step, then (autotune) the temperature step on the same log-probs:
-        J(alpha) = E[-alpha (log pi + H_target)] with alpha = exp(log_alpha) rises when the entropy is too low."""
-        actor_loss, log_pi = self.actor_loss(obs)
-        self.actor_optimizer.zero_grad()
-        actor_loss.backward()
-        self.actor_optimizer.step()
-        if self.a_optimizer is None:
-            return {"actor_loss": actor_loss.detach()}
-        alpha_loss = (self.log_alpha.exp() * (-log_pi.detach() - self.target_entropy)).mean()
-        self.a_optimizer.zero_grad()
-        alpha_loss.backward()
-        self.a_optimizer.step()
-        with torch.no_grad():
-            self.alpha.copy_(self.log_alpha.exp())
-        return {"actor_loss": actor_loss.detach(), "alpha_loss": alpha_loss.detach()}
-
-    @torch.no_grad()
-    def update_targets(self) -> None:
-        torch._foreach_lerp_(self.q_target_params, self.q_params, self.args.tau)  # target += tau (online - target)
-
-    def weights_finite(self) -> bool:
-        tensors = [p for m in self.modules().values() for p in m.parameters()] + [self.log_alpha]
-        return all(bool(torch.isfinite(t).all()) for t in tensors)
-
-
 # === Speed path (--compile, --cudagraphs): optional, a plain run never enters it ==================
-
-
-def check_fast_path(args: Args, device: torch.device) -> None:
-    if args.cudagraphs and device.type != "cuda":
-        raise Exit(f"--cudagraphs needs a CUDA device, but the device is {device}; drop it or use --device cuda")
-    cxx, cc = os.environ.get("CXX", "g++"), os.environ.get("CC") or shutil.which("gcc") or shutil.which("clang")
-    if args.compile and device.type == "cpu" and shutil.which(cxx) is None:
-        raise Exit(f"--compile on CPU needs a C++ compiler ({cxx}, or set CXX); install it or drop --compile")
-    if args.compile and device.type == "cuda" and (importlib.util.find_spec("triton") is None or not cc):
-        raise Exit("--compile on CUDA needs triton and a C compiler (gcc, or set CC); install them or drop --compile")
-
-
 def cuda_graphed(step, warmup_calls: int = 3):
     """step(*tensors), recorded once as a CUDA graph and replayed: one launch per call. Every call is a real step:
     warmup_calls eager ones on a side stream (creating gradients and optimizer state), one that records, then replays
@@ -491,24 +334,121 @@ def cuda_graphed(step, warmup_calls: int = 3):
     return run
 
 
-def use_fast_path(agent: SAC) -> None:
-    """Wrap the agent's methods; what they compute does not change."""
-    if agent.args.compile:  # Inductor kernels for the losses' forward and backward
-        agent.critic_loss, agent.actor_loss = torch.compile(agent.critic_loss), torch.compile(agent.actor_loss)
-    if agent.args.cudagraphs:
-        for name in ("update_critics", "update_policy", "update_targets", "sample_action"):
-            setattr(agent, name, cuda_graphed(getattr(agent, name)))
-
-
 # === End of the speed path ========================================================================
+
+
+# --- The SAC update -------------------------------------------------------------------------------
+class SAC:
+    def __init__(self, obs_dim: int, low: np.ndarray, high: np.ndarray, args: Args, device: torch.device):
+        self.obs_dim, self.act_dim, self.args, self.device = obs_dim, low.shape[0], args, device
+        self.actor = Actor(obs_dim, low, high).to(device)
+        critics = [SoftQNetwork(obs_dim, self.act_dim).to(device) for _ in range(4)]
+        self.qf1, self.qf2, self.qf1_target, self.qf2_target = critics
+        self.qf1_target.load_state_dict(self.qf1.state_dict())
+        self.qf2_target.load_state_dict(self.qf2.state_dict())
+        self.q_params = [*self.qf1.parameters(), *self.qf2.parameters()]
+        self.q_target_params = [*self.qf1_target.parameters(), *self.qf2_target.parameters()]
+        # fused: one kernel for all parameters; capturable: the step count stays on the device (CUDA graphs)
+        adam = dict(fused=device.type in ("cpu", "cuda"), capturable=args.cudagraphs)
+        self.q_optimizer = torch.optim.Adam(self.q_params, lr=args.q_lr, **adam)
+        self.actor_optimizer = torch.optim.Adam(self.actor.parameters(), lr=args.policy_lr, **adam)
+        self.target_entropy = -float(self.act_dim)
+        # the optimizer holds log_alpha; alpha = exp(log_alpha) stays on the device (no host sync per update)
+        self.log_alpha = torch.tensor([math.log(args.alpha)], device=device, requires_grad=args.autotune)
+        self.a_optimizer = torch.optim.Adam([self.log_alpha], lr=args.q_lr, **adam) if args.autotune else None
+        self.alpha = torch.tensor([args.alpha], dtype=torch.float32, device=device)
+        self.n_updates = 0
+        if args.compile:  # speed path: Inductor kernels for the losses' forward and backward
+            self.critic_loss, self.actor_loss = torch.compile(self.critic_loss), torch.compile(self.actor_loss)
+        for name in ("update_critics", "update_policy", "update_targets", "sample_action") if args.cudagraphs else ():
+            setattr(self, name, cuda_graphed(getattr(self, name)))  # speed path: one CUDA graph launch per call
+
+    def modules(self) -> dict[str, nn.Module]:
+        return {name: getattr(self, name) for name in ("actor", "qf1", "qf2", "qf1_target", "qf2_target")}
+
+    def optimizers(self) -> dict[str, torch.optim.Optimizer]:
+        names = ("q_optimizer", "actor_optimizer", "a_optimizer")
+        return {name: getattr(self, name) for name in names if getattr(self, name) is not None}
+
+    def to_device(self, batch: tuple[np.ndarray, ...]) -> list[torch.Tensor]:
+        tensors = [torch.from_numpy(np.asarray(x, dtype=np.float32)) for x in batch]
+        cuda = self.device.type == "cuda"
+        return [(t.pin_memory() if cuda else t).to(self.device, non_blocking=cuda) for t in tensors]
+
+    def act(self, obs: np.ndarray) -> np.ndarray:  # an exploration action a ~ pi(.|s) per env
+        return self.sample_action(*self.to_device([obs])).cpu().numpy()
+
+    @torch.no_grad()
+    def sample_action(self, obs: torch.Tensor) -> torch.Tensor:
+        return self.actor.sample(obs)[0]
+
+    def update(self, batch: tuple[np.ndarray, ...]) -> dict[str, torch.Tensor]:
+        obs, actions, rewards, terminations, next_obs = self.to_device(batch)
+        stats = dict(self.update_critics(obs, actions, rewards.unsqueeze(-1), terminations.unsqueeze(-1), next_obs))
+        if self.n_updates % self.args.policy_frequency == 0:
+            for _ in range(self.args.policy_frequency):  # delayed updates, compensated (TD3 / CleanRL)
+                stats.update(self.update_policy(obs))
+        if self.n_updates % self.args.target_network_frequency == 0:
+            self.update_targets()
+        self.n_updates += 1
+        return stats
+
+    def critic_loss(self, obs, actions, rewards, terminations, next_obs):
+        """sum_j E[(Q_j(s, a) - y)^2], y = r + gamma (1 - terminated) (min_j Q'_j(s', a') - alpha log pi(a'|s')),
+        a' ~ pi(.|s'), no gradient through y. A time-limit truncation is no terminal state: it bootstraps."""
+        with torch.no_grad():
+            next_actions, next_log_prob = self.actor.sample(next_obs)
+            next_q = torch.min(self.qf1_target(next_obs, next_actions), self.qf2_target(next_obs, next_actions))
+            y = rewards + self.args.gamma * (1.0 - terminations) * (next_q - self.alpha * next_log_prob)
+        qf1_values, qf2_values = self.qf1(obs, actions), self.qf2(obs, actions)
+        qf1_loss, qf2_loss = F.mse_loss(qf1_values, y), F.mse_loss(qf2_values, y)
+        qf_loss = qf1_loss + qf2_loss
+        stats = dict(qf1_values=qf1_values.mean(), qf2_values=qf2_values.mean(), qf1_loss=qf1_loss, qf2_loss=qf2_loss)
+        return qf_loss, {k: v.detach() for k, v in stats.items()} | {"qf_loss": qf_loss.detach() / 2.0}
+
+    def update_critics(self, obs, actions, rewards, terminations, next_obs) -> dict[str, torch.Tensor]:
+        qf_loss, stats = self.critic_loss(obs, actions, rewards, terminations, next_obs)
+        self.q_optimizer.zero_grad()
+        qf_loss.backward()
+        self.q_optimizer.step()
+        return stats
+
+    def actor_loss(self, obs) -> tuple[torch.Tensor, torch.Tensor]:
+        """J(pi) = E[alpha log pi(a|s) - min_j Q_j(s, a)], a ~ pi(.|s) reparameterized; also log pi."""
+        pi, log_pi = self.actor.sample(obs)
+        min_q = torch.min(self.qf1.value_for_actor(obs, pi), self.qf2.value_for_actor(obs, pi))
+        return (self.alpha * log_pi - min_q).mean(), log_pi
+
+    def update_policy(self, obs) -> dict[str, torch.Tensor]:
+        """The actor step, then (autotune) the temperature step on the same log-probs: J(alpha) =
+        E[-alpha (log pi + H_target)], alpha = exp(log_alpha), raises alpha when the entropy is below the target."""
+        actor_loss, log_pi = self.actor_loss(obs)
+        self.actor_optimizer.zero_grad()
+        actor_loss.backward()
+        self.actor_optimizer.step()
+        if self.a_optimizer is None:
+            return {"actor_loss": actor_loss.detach()}
+        alpha_loss = (self.log_alpha.exp() * (-log_pi.detach() - self.target_entropy)).mean()
+        self.a_optimizer.zero_grad()
+        alpha_loss.backward()
+        self.a_optimizer.step()
+        with torch.no_grad():
+            self.alpha.copy_(self.log_alpha.exp())
+        return {"actor_loss": actor_loss.detach(), "alpha_loss": alpha_loss.detach()}
+
+    @torch.no_grad()
+    def update_targets(self) -> None:
+        torch._foreach_lerp_(self.q_target_params, self.q_params, self.args.tau)  # target += tau (online - target)
+
+    def weights_finite(self) -> bool:
+        tensors = [p for m in self.modules().values() for p in m.parameters()] + [self.log_alpha]
+        return all(bool(torch.isfinite(t).all()) for t in tensors)
 
 
 # --- Files: every write goes through write_file; a failed one raises WriteError (exit 74) ---------
 
 
-class WriteError(Exit):
-    """A failed write; the reason is the OSError's, found in the chain where torch or numpy wrapped it."""
-
+class WriteError(Exit):  # a failed write; the reason is the OSError's, found where torch or numpy wrapped it
     def __init__(self, path: Path, e: BaseException):
         while not isinstance(e, OSError) and (e.__cause__ or e.__context__) is not None:
             e = e.__cause__ or e.__context__
@@ -529,8 +469,7 @@ def fsync_dir(path: Path) -> None:
     os.close(fd)
 
 
-def atomic_write(path: Path, write) -> None:
-    """Temporary file, fsync, rename: a reader sees the old file or the new one. On failure the old one stays."""
+def atomic_write(path: Path, write) -> None:  # temporary file, fsync, rename: the old file or the new one, never half
     tmp = path.with_name(f".{path.name}.tmp")
     try:
         write_file(tmp, write)
@@ -541,8 +480,7 @@ def atomic_write(path: Path, write) -> None:
         raise WriteError(path, e) from None
 
 
-def torch_load(path: Path, what: str) -> dict:
-    """torch.load(weights_only=True: no code in the file can run), onto the CPU; any failure is one line."""
+def torch_load(path: Path, what: str) -> dict:  # weights_only: no code in the file can run
     if path.is_dir():
         names = ", ".join(sorted(p.name for p in path.glob("*model.pt"))) or "none"
         raise Exit(f"{what} {path} is a directory; pass a file in it (model files there: {names})")
@@ -596,33 +534,14 @@ def evaluate(actor: Actor, env_id: str, episodes: int, seed: int, device: torch.
 
 
 def save_model(agent: SAC, env_id: str, global_step: int, path: Path) -> None:
-    model = {"format": MODEL_FORMAT, "env_id": env_id, "obs_dim": agent.obs_dim, "act_dim": agent.act_dim}
-    model.update(global_step=global_step, actor=agent.actor.state_dict())
+    model = dict(format=MODEL_FORMAT, env_id=env_id, global_step=global_step, obs_dim=agent.obs_dim)
+    model.update(act_dim=agent.act_dim, actor=agent.actor.state_dict())
     model.update(qf1=agent.qf1.state_dict(), qf2=agent.qf2.state_dict())
     atomic_write(path, lambda f: torch.save(model, f))
 
 
-def load_model_for_eval(path: Path, env_id: str, device: torch.device) -> Actor:
-    data = torch_load(path, "model file")
-    if data.get("format") != MODEL_FORMAT:
-        raise Exit(f"{path} is not a sac_continuous.py model file (model.pt or best_model.pt)")
-    if data["env_id"] != env_id:
-        raise Exit(f"{path} was trained on {data['env_id']}, not {env_id}; pass --env-id {data['env_id']}")
-    env = make_env(env_id)
-    low, high, obs_dim = env.action_space.low, env.action_space.high, env.observation_space.shape[0]
-    env.close()
-    if (data["obs_dim"], data["act_dim"]) != (obs_dim, low.shape[0]):
-        raise Exit(f"{path}: observation/action sizes {data['obs_dim']}/{data['act_dim']}, not {obs_dim}/{len(low)}")
-    actor = Actor(obs_dim, low, high).to(device)
-    actor.load_state_dict(data["actor"])
-    return actor
-
-
 # --- Checkpoints: atomic, complete (weights, optimizers, buffer, env state, every RNG) and exact --
-
-
-def find_checkpoint(path: Path) -> Path | None:
-    """A run dir, its checkpoints/ dir or a step_* dir -> the step dir to load (None if none yet)."""
+def find_checkpoint(path: Path) -> Path | None:  # a run, checkpoints/ or step_* dir -> the step dir to load
     for root in (path / "checkpoints", path):
         if (root / "latest").is_file():
             return root / (root / "latest").read_text().strip()
@@ -632,8 +551,7 @@ def find_checkpoint(path: Path) -> Path | None:
 def save_checkpoint(run_dir: Path, state: dict, rb: ReplayBuffer) -> Path:
     """checkpoints/step_N/{state.pt, buffer/*.npy} under a temporary name, renamed, then `latest` switched; only then
     are older checkpoints removed. A failure removes what this call wrote and raises WriteError."""
-    root = run_dir / "checkpoints"
-    name = f"step_{state['global_step']:012d}"
+    root, name = run_dir / "checkpoints", f"step_{state['global_step']:012d}"
     final, tmp = root / name, root / f".tmp_{name}"
     if find_checkpoint(run_dir) == final:  # this step is saved already (e.g. periodic, then at exit)
         return final
@@ -678,10 +596,7 @@ class MjDataUnpickler(pickle.Unpickler):
 
 
 def env_layers(env: gym.Env) -> list:
-    layers = [env]
-    while isinstance(layers[-1], gym.Wrapper):
-        layers.append(layers[-1].env)
-    return layers
+    return [env] + (env_layers(env.env) if isinstance(env, gym.Wrapper) else [])
 
 
 def get_env_state(env: gym.Env) -> dict:
@@ -691,7 +606,8 @@ def get_env_state(env: gym.Env) -> dict:
     for layer in env_layers(env):
         attrs = {k: v for k, v in vars(layer).items() if isinstance(v, (bool, int, float, str, type(None)))}
         attrs |= {k: v.item() for k, v in vars(layer).items() if isinstance(v, np.generic)}  # np.float64 is a float
-        layers.append(attrs | {k: torch.from_numpy(v.copy()) for k, v in vars(layer).items() if isinstance(v, np.ndarray)})
+        attrs |= {k: torch.from_numpy(v.copy()) for k, v in vars(layer).items() if isinstance(v, np.ndarray)}
+        layers.append(attrs)
     base = env.unwrapped
     state = {"layers": layers, "np_random": base.np_random.bit_generator.state}
     if type(getattr(base, "data", None)).__name__ == "MjData":
@@ -713,12 +629,12 @@ def set_env_state(env: gym.Env, state: dict) -> None:
     base = env.unwrapped
     base.np_random.bit_generator.state = state["np_random"]
     if "mjdata" in state:
-        mujoco = importlib.import_module("mujoco")
-        mujoco.mj_copyData(base.data, base.model, MjDataUnpickler(io.BytesIO(state["mjdata"])).load())
+        saved = MjDataUnpickler(io.BytesIO(state["mjdata"])).load()
+        importlib.import_module("mujoco").mj_copyData(base.data, base.model, saved)
 
 
 def checkpoint_state(args, agent: SAC, envs, obs, global_step: int, best_eval: float, last_return: float) -> dict:
-    """Everything the run needs to go on exactly as if it had not stopped (the buffer is added on save)."""
+    # everything the run needs to go on exactly as if it had not stopped (the buffer is added on save)
     np_state = np.random.get_state()  # its key array as a tensor, for weights_only loading
     rng = {"python": random.getstate(), "torch": torch.get_rng_state()}
     rng["numpy"] = [np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), *np_state[2:]]
@@ -729,14 +645,12 @@ def checkpoint_state(args, agent: SAC, envs, obs, global_step: int, best_eval: f
     state.update(obs=torch.from_numpy(obs.copy()), modules={k: m.state_dict() for k, m in agent.modules().items()})
     state.update(optimizers={k: o.state_dict() for k, o in agent.optimizers().items()}, rng=rng)
     state.update(log_alpha=agent.log_alpha.detach().clone(), alpha=agent.alpha.clone())
-    return state | dict(
-        action_space_rng=envs.action_space.np_random.bit_generator.state, envs=list(map(get_env_state, envs.envs))
-    )
+    envs_state = dict(action_space_rng=envs.action_space.np_random.bit_generator.state)
+    return state | envs_state | {"envs": [get_env_state(env) for env in envs.envs]}
 
 
 def restore(saved: dict, ckpt: Path, agent: SAC, rb: ReplayBuffer, envs: gym.vector.SyncVectorEnv) -> tuple:
-    """checkpoint_state's inverse; returns (obs, global_step, best_eval, last_return). log_alpha is overwritten in
-    place: the optimizer holds that very tensor. A missing or misfitting piece: one line."""
+    """checkpoint_state's inverse. log_alpha is overwritten in place: the optimizer holds that very tensor."""
     try:
         for k, m in agent.modules().items():
             m.load_state_dict(saved["modules"][k])
@@ -772,17 +686,15 @@ RUN_DEFINING += ("policy_lr", "q_lr", "policy_frequency", "target_network_freque
 
 
 def prepare_run(args: Args) -> tuple[Args, Path, Path | None, dict | None]:
-    """The run directory and, when resuming, the checkpoint, its state and the run-defining flags taken from it.
-    A fresh run never reuses a directory that holds results."""
+    """The run directory and, when resuming, the checkpoint, its state and the run-defining flags from it."""
     if args.resume and args.resume != "auto":
         ckpt = find_checkpoint(Path(args.resume)) if Path(args.resume).exists() else None
         if ckpt is None:
             raise Exit(f"--resume {args.resume}: no checkpoint there; pass a run or a checkpoints/step_* directory")
         run_dir = ckpt.parent.parent if ckpt.parent.name == "checkpoints" else ckpt.parent
     else:
-        run_dir = Path(args.output_dir) / (
-            args.run_name or f"{args.env_id}__{args.exp_name}__{args.seed}__{int(time.time())}"
-        )
+        name = args.run_name or f"{args.env_id}__{args.exp_name}__{args.seed}__{int(time.time())}"
+        run_dir = Path(args.output_dir) / name
         ckpt = find_checkpoint(run_dir) if args.resume == "auto" and run_dir.exists() else None
         # --resume auto with no checkpoint yet (e.g. killed before the first one) starts the run afresh
         if ckpt is None and args.resume != "auto" and run_dir.exists() and any(run_dir.iterdir()):
@@ -792,40 +704,34 @@ def prepare_run(args: Args) -> tuple[Args, Path, Path | None, dict | None]:
     saved = torch_load(ckpt / "state.pt", "checkpoint")
     if saved.get("format") != CHECKPOINT_FORMAT:
         raise Exit(f"{ckpt / 'state.pt'} is not a sac_continuous.py checkpoint")
-    defaults, merged = Args(), {}
     for name in RUN_DEFINING:
         if name not in saved["args"]:
             raise Exit(f"checkpoint lacks args.{name}; it is damaged or from another version")
         cli, old = getattr(args, name), saved["args"][name]
-        if cli != old and cli != getattr(defaults, name):
+        if cli != old and cli != getattr(Args(), name):
             raise Exit(f"{flag(name)} {cli} conflicts with the checkpoint's {old}; drop it to resume, or start anew")
-        merged[name] = old
-    return dataclasses.replace(args, **merged), run_dir, ckpt, saved
+    return dataclasses.replace(args, **{k: saved["args"][k] for k in RUN_DEFINING}), run_dir, ckpt, saved
 
 
 def resume_command(args: Args, run_dir: Path) -> str:
-    """The command that continues this run ($SAC_COMMAND in the Docker image): --resume restores the run-defining
-    flags; the others (the total, evaluation, checkpoints, device...) must be given again."""
-    defaults, words = Args(), [os.environ.get("SAC_COMMAND", "python sac_continuous.py"), "--resume", str(run_dir)]
+    """--resume restores the run-defining flags; the others (total, evaluation, device...) are given again."""
+    words = [os.environ.get("SAC_COMMAND", "python sac_continuous.py"), "--resume", str(run_dir)]
     for field in dataclasses.fields(Args):
         name, value = field.name, getattr(args, field.name)
-        if name in RUN_DEFINING or name in ("resume", "run_name", "output_dir") or value == getattr(defaults, name):
+        if name in RUN_DEFINING or name in ("resume", "run_name", "output_dir") or value == field.default:
             continue
         words += [flag(name) if value else flag("no_" + name)] if isinstance(value, bool) else [flag(name), str(value)]
     return " ".join(words)
 
 
-def last_checkpoint(run_dir: Path) -> str:
+def last_checkpoint(run_dir: Path, good: str = "") -> str:
     latest = find_checkpoint(run_dir) if run_dir.is_dir() else None
-    return f"the last checkpoint {latest} is intact" if latest else "no checkpoint was written yet"
+    return f"the last {good}checkpoint {latest} is intact" if latest else "no checkpoint was written yet"
 
 
 # --- The training loop ----------------------------------------------------------------------------
-
-
 def catch_stop_signals() -> list:
-    """First SIGINT/SIGTERM: its name goes into the list; the loop finishes the step, checkpoints and exits 75.
-    A second one exits at once (130)."""
+    """First SIGINT/SIGTERM: its name goes into the list (the loop checkpoints and exits 75); a second: exit 130."""
     caught = []
 
     def handle(signum, frame):
@@ -840,16 +746,14 @@ def catch_stop_signals() -> list:
 
 
 def open_run(args: Args, run_dir: Path, ckpt: Path | None, saved: dict | None, global_step: int):
-    """Create the run dir (the first write), clear a killed process's leftovers, write args.json; start W&B with
-    --track (it mirrors TensorBoard) and TensorBoard. On resume, TensorBoard hides what the stopped process logged
-    after its checkpoint and W&B rewinds the run to the checkpoint's W&B step. Returns (writer, wandb or None)."""
+    """Create the run dir (the first write), clear a killed process's leftovers, write args.json, start W&B (--track;
+    it mirrors TensorBoard) and TensorBoard. On resume, TensorBoard hides what the stopped process logged after its
+    checkpoint, and W&B rewinds the run to its step at that checkpoint. Returns (writer, the wandb module or None)."""
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
     except OSError as e:
-        docker = (
-            f", or run the container as your user: {os.environ['SAC_COMMAND']}" if "SAC_COMMAND" in os.environ else ""
-        )
-        raise Exit(f"cannot write to {run_dir} ({e.strerror}); choose a writable --output-dir{docker}") from None
+        docker = os.environ.get("SAC_COMMAND") and f", or run the container as your user: {os.environ['SAC_COMMAND']}"
+        raise Exit(f"cannot write to {run_dir} ({e.strerror}); choose a writable --output-dir{docker or ''}") from None
     print(f"run: {run_dir}" + (f" (resumed at step {global_step} from {ckpt.name})" if ckpt else ""), file=sys.stderr)
     clear_leftovers(run_dir, keep=ckpt)
     if saved is None:
@@ -857,13 +761,11 @@ def open_run(args: Args, run_dir: Path, ckpt: Path | None, saved: dict | None, g
         atomic_write(run_dir / "args.json", lambda f: f.write(text.encode()))
     wandb = importlib.import_module("wandb") if args.track else None
     if wandb:
-        id_file = run_dir / "wandb_run_id"
+        id_file, step = run_dir / "wandb_run_id", saved and saved.get("wandb_step")
         run_id = id_file.read_text().strip() if id_file.is_file() else wandb.util.generate_id()
-        step = saved.get("wandb_step") if saved else None
         where = dict(resume_from=f"{run_id}?_step={step}") if step else dict(id=run_id, resume="allow")
-        config, name, project = dataclasses.asdict(args), run_dir.name, args.wandb_project_name
-        wandb.init(project=project, entity=args.wandb_entity, name=name, config=config, **where,
-                   sync_tensorboard=True, save_code=True, dir=run_dir)  # fmt: skip
+        init = dict(project=args.wandb_project_name, entity=args.wandb_entity, name=run_dir.name, dir=run_dir)
+        wandb.init(**init, **where, config=dataclasses.asdict(args), sync_tensorboard=True, save_code=True)
         atomic_write(id_file, lambda f: f.write(run_id.encode()))
     hook = threading.excepthook  # the writer thread's failed write: the writer re-raises it, reported in one line
     threading.excepthook = lambda a: type(a.thread).__name__ == "_AsyncWriterThread" or hook(a)
@@ -875,32 +777,28 @@ def open_run(args: Args, run_dir: Path, ckpt: Path | None, saved: dict | None, g
     return writer, wandb
 
 
-def progress_bar(total: int, start: int, learning_starts: int):
-    """On a terminal: phase, steps, SPS and last return, and an ETA; restarted when learning starts, so that the ETA
-    is the training rate (random steps run many times faster). None elsewhere."""
+def progress_bar(total: int, start: int, learning_starts: int):  # on a terminal only
     if not sys.stderr.isatty():
         return None
     rp = importlib.import_module("rich.progress")
     columns = [
-        rp.TextColumn("{task.description}"),
         rp.BarColumn(),
         rp.MofNCompleteColumn(),
-        rp.TextColumn("{task.fields[info]}"),
+        rp.TextColumn("{task.fields[info]}  ETA"),
+        rp.TimeRemainingColumn(),
     ]
-    bar = rp.Progress(*columns, rp.TextColumn("ETA"), rp.TimeRemainingColumn(), console=rp.Console(stderr=True))
+    bar = rp.Progress(rp.TextColumn("{task.description}"), *columns, console=rp.Console(stderr=True))
     phase = "SAC: training" if start >= learning_starts else f"SAC: random actions until {learning_starts:,}"
     bar.add_task(phase, total=total, completed=start, info="")
     bar.start()
     return bar
 
 
-def crossed(step: int, prev_step: int, every: int) -> bool:
-    """True when a multiple of `every` lies in (prev_step, step]."""
+def crossed(step: int, prev_step: int, every: int) -> bool:  # a multiple of `every` lies in (prev_step, step]
     return every > 0 and step // every > prev_step // every
 
 
 def evaluate_and_save(agent: SAC, args: Args, run_dir: Path, global_step: int, best_eval: float, writer, wandb, bar):
-    """Evaluate the deterministic actor, log it, write model.pt (and best_model.pt); returns the best mean so far."""
     video = run_dir / "videos" / f"eval_step_{global_step:012d}.mp4" if args.capture_video else None
     returns = evaluate(agent.actor, args.env_id, args.eval_episodes, args.seed + 10_000, agent.device, video)
     mean, std = float(np.mean(returns)), float(np.std(returns))
@@ -916,11 +814,14 @@ def evaluate_and_save(agent: SAC, args: Args, run_dir: Path, global_step: int, b
     return max(mean, best_eval)
 
 
+def diverged(global_step: int, run_dir: Path, what: str) -> Exit:
+    text = f"training diverged at step {global_step} (non-finite {what}); {last_checkpoint(run_dir, good='good ')}"
+    return Exit(text + ". Try lower --policy-lr/--q-lr", EXIT_DIVERGED)
+
+
 def train(args: Args) -> int:
     # Setup: everything that can refuse the input happens before anything is written
-    validate_args(args)
-    device = pick_device(args.device)
-    check_fast_path(args, device)
+    device = check_args(args)
     args, run_dir, ckpt, saved = prepare_run(args)
     check_rendering(args.env_id, args.capture_video)
     envs = make_vector_env(args.env_id, args.num_envs)
@@ -935,7 +836,7 @@ def train(args: Args) -> int:
     rb = ReplayBuffer(args.buffer_size, args.num_envs, obs_dim, space.shape[0], seed=args.seed)
     obs, _ = envs.reset(seed=args.seed)
     envs.action_space.seed(args.seed)
-    global_step, best_eval, last_return = 0, -math.inf, math.nan
+    global_step, best_eval, last_return, info = 0, -math.inf, math.nan, ""
     if saved is not None:  # the checkpoint overwrites all of the above
         obs, global_step, best_eval, last_return = restore(saved, ckpt, agent, rb, envs)
         if global_step >= args.total_timesteps:
@@ -943,28 +844,25 @@ def train(args: Args) -> int:
             return 0
     else:
         rb.start(obs)
-    caught, bar, loggers = catch_stop_signals(), None, (None, None)
+    caught, bar, writer, wandb = catch_stop_signals(), None, None, None
     try:
-        writer, wandb = loggers = open_run(args, run_dir, ckpt, saved, global_step)
+        writer, wandb = open_run(args, run_dir, ckpt, saved, global_step)
         bar = progress_bar(args.total_timesteps, global_step, args.learning_starts)
         start_step, start_time = global_step, time.time()
         while global_step < args.total_timesteps:
             # ALGO LOGIC: act (random until learning starts), step the envs, store s' (the real final obs at an end)
             actions = envs.action_space.sample() if global_step < args.learning_starts else agent.act(obs)
             next_obs, rewards, terminations, truncations, infos = envs.step(actions)
-            dones = terminations | truncations
-            real_next_obs = next_obs.copy()
+            dones, real_next_obs = terminations | truncations, next_obs.copy()
             if dones.any():
                 real_next_obs[infos["_final_obs"]] = np.stack(infos["final_obs"][infos["_final_obs"]])
+                episode = infos["final_info"]["episode"]
                 for i in np.flatnonzero(infos["final_info"]["_episode"]):
-                    last_return = float(infos["final_info"]["episode"]["r"][i])
+                    last_return = float(episode["r"][i])
                     writer.add_scalar("charts/episodic_return", last_return, global_step + i + 1)
-                    writer.add_scalar(
-                        "charts/episodic_length", int(infos["final_info"]["episode"]["l"][i]), global_step + i + 1
-                    )
+                    writer.add_scalar("charts/episodic_length", int(episode["l"][i]), global_step + i + 1)
             rb.add(actions, rewards, terminations, real_next_obs, dones, next_obs)
-            obs = next_obs
-            prev_step, global_step = global_step, global_step + args.num_envs
+            obs, prev_step, global_step = next_obs, global_step, global_step + args.num_envs
 
             # ALGO LOGIC: one SAC update per vector step once learning has started
             if global_step > args.learning_starts:
@@ -977,86 +875,70 @@ def train(args: Args) -> int:
                         writer.add_scalar(f"losses/{k}", v, global_step)
                     sps = int((global_step - start_step) / (time.time() - start_time))
                     writer.add_scalar("charts/SPS", sps, global_step)
-                    if bar:
-                        bar.update(
-                            0, info=f"{sps} SPS" + ("" if math.isnan(last_return) else f", return {last_return:.1f}")
-                        )
+                    info = f"{sps} SPS" + ("" if math.isnan(last_return) else f", return {last_return:.1f}")
 
-            # Evaluation (before learning starts only once), model files; checkpoints periodically, at the end, on a signal
+            # Evaluation (before learning starts, once), model files; checkpoints periodically, at the end, on a signal
             last, stopping = global_step >= args.total_timesteps, bool(caught) and global_step < args.total_timesteps
             learned = global_step > args.learning_starts or best_eval == -math.inf
             evaluating = (crossed(global_step, prev_step, args.eval_frequency) and learned) or last
-            saving = crossed(global_step, prev_step, args.checkpoint_frequency) or (
-                last and args.checkpoint_frequency > 0
-            )
-            if (evaluating or saving or stopping) and not agent.weights_finite():
+            saving = stopping or crossed(global_step, prev_step, args.checkpoint_frequency)
+            saving = saving or (last and args.checkpoint_frequency > 0)
+            if (evaluating or saving) and not agent.weights_finite():
                 raise diverged(global_step, run_dir, "weights")
             if evaluating:
                 best_eval = evaluate_and_save(agent, args, run_dir, global_step, best_eval, writer, wandb, bar)
-            if saving or stopping:
+            if saving:
                 writer.flush()  # the events up to this step reach the disk before the checkpoint that follows them
                 state = checkpoint_state(args, agent, envs, obs, global_step, best_eval, last_return)
                 path = save_checkpoint(run_dir, state | {"wandb_step": wandb.run.step if wandb else None}, rb)
-            if bar and prev_step < args.learning_starts <= global_step:  # restart: the ETA at the training rate
-                bar.reset(0, total=args.total_timesteps, completed=global_step, description="SAC: training")
-            if bar:
-                bar.update(0, completed=global_step)
+            if bar:  # restarted when learning starts, so that the ETA is the training rate
+                if prev_step < args.learning_starts <= global_step:
+                    bar.reset(0, total=args.total_timesteps, completed=global_step, description="SAC: training")
+                bar.update(0, completed=global_step, info=info)
             if stopping:
-                raise Exit(f"stopped by {caught[0]} at step {global_step}; checkpoint {path}. "
-                           f"Resume with: {resume_command(args, run_dir)}", EXIT_INTERRUPTED)  # fmt: skip
+                text = f"stopped by {caught[0]} at step {global_step}; checkpoint {path}. Resume with: "
+                raise Exit(text + resume_command(args, run_dir), EXIT_INTERRUPTED)
         writer.close()
     except (OSError, WriteError) as e:  # a checkpoint, model, video or event write failed: no training goes on
         e = e if isinstance(e, WriteError) else WriteError(Path(e.filename or run_dir / "events.out.tfevents"), e)
-        raise Exit(f"{e} at step {global_step}; {last_checkpoint(run_dir)}. "
-                   f"Fix it, then resume with: {resume_command(args, run_dir)}", EXIT_IO_ERROR) from None  # fmt: skip
+        fix = f"{last_checkpoint(run_dir)}. Fix it, then resume with: {resume_command(args, run_dir)}"
+        raise Exit(f"{e} at step {global_step}; {fix}", EXIT_IO_ERROR) from None
     finally:
-        if bar:
-            bar.stop()
+        bar.stop() if bar else None
         envs.close()
-        close_quietly(*loggers)
+        try:  # at any exit, what the loggers hold goes to disk if it can
+            writer.close() if writer else None
+        except OSError:
+            pass
+        wandb.finish() if wandb and wandb.run else None
     print(f"done: {global_step} steps; outputs in {run_dir}", file=sys.stderr)
     return 0
 
 
-def diverged(global_step: int, run_dir: Path, what: str) -> Exit:
-    where = last_checkpoint(run_dir).replace("last checkpoint", "last good checkpoint")
-    return Exit(
-        f"training diverged at step {global_step} (non-finite {what}); {where}. Try lower --policy-lr/--q-lr",
-        EXIT_DIVERGED,
-    )
-
-
-def close_quietly(writer, wandb) -> None:
-    """At exit, whatever went wrong before: what the loggers hold goes to disk if it can."""
-    try:
-        writer.close() if writer else None
-    except OSError:
-        pass
-    if wandb and wandb.run:
-        wandb.finish()
-
-
 def eval_only(args: Args) -> int:
-    validate_args(args)
-    device = pick_device(args.device)
-    path = Path(args.eval_checkpoint)
+    device, path = check_args(args), Path(args.eval_checkpoint)
     check_rendering(args.env_id, args.capture_video)
-    actor = load_model_for_eval(path, args.env_id, device)
+    data = torch_load(path, "model file")
+    if data.get("format") != MODEL_FORMAT:
+        raise Exit(f"{path} is not a sac_continuous.py model file (model.pt or best_model.pt)")
+    if data["env_id"] != args.env_id:
+        raise Exit(f"{path} was trained on {data['env_id']}, not {args.env_id}; pass --env-id {data['env_id']}")
+    env = make_env(args.env_id)
+    low, high, obs_dim = env.action_space.low, env.action_space.high, env.observation_space.shape[0]
+    env.close()
+    if (data["obs_dim"], data["act_dim"]) != (obs_dim, len(low)):
+        raise Exit(f"{path}: observation/action sizes {data['obs_dim']}/{data['act_dim']}, not {obs_dim}/{len(low)}")
+    actor = Actor(obs_dim, low, high).to(device)
+    actor.load_state_dict(data["actor"])
     video = path.parent / "videos" / f"eval_{path.stem}.mp4" if args.capture_video else None
     returns = evaluate(actor, args.env_id, args.eval_episodes, args.seed + 10_000, device, video)
-    print(
-        f"{args.env_id} {path}: mean return {np.mean(returns):.1f} ± {np.std(returns):.1f} over {len(returns)} episodes"
-    )
-    if video:
-        print(f"video: {video}")
+    print(f"{args.env_id} {path}: mean return {np.mean(returns):.1f} ± {np.std(returns):.1f} over {len(returns)}")
+    print(f"video: {video}") if video else None
     return 0
 
 
 def main() -> None:
-    codes = "Exit codes: 0 done, 2 bad input (nothing written), 3 diverged, 74 a write failed (e.g. disk full), "
-    args = tyro.cli(
-        Args, description=__doc__.split("\n\n")[0] + codes + "75 stopped by a signal (checkpoint written), 130 aborted."
-    )
+    args = tyro.cli(Args, description=__doc__)
     if args.capture_video and "MUJOCO_GL" not in os.environ:  # before mujoco is imported
         os.environ["MUJOCO_GL"] = "egl" if torch.cuda.is_available() else "osmesa"
     if os.environ.get("MUJOCO_GL") == "osmesa" and importlib.util.find_spec("triton") is not None:
