@@ -28,11 +28,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 import tyro
 
-EXIT_BAD_INPUT = 2  # a flag, file or environment that cannot be used; nothing was written
-EXIT_DIVERGED = 3  # a loss or weight became NaN/Inf; the last checkpoint is left as it was
-EXIT_IO_ERROR = 74  # a write failed (disk full, I/O error...): temporary files removed, the last checkpoint intact
-EXIT_INTERRUPTED = 75  # SIGINT/SIGTERM: a checkpoint was written; rerun with --resume to continue
-EXIT_ABORTED = 130  # a second Ctrl-C: stopped at once
+EXIT_BAD_INPUT, EXIT_DIVERGED, EXIT_IO_ERROR, EXIT_INTERRUPTED, EXIT_ABORTED = 2, 3, 74, 75, 130  # see above
 
 
 # --- Args -----------------------------------------------------------------------------------------
@@ -42,7 +38,7 @@ class Args:
     total_timesteps: int = 1_000_000  # environment steps to train for, over all envs (on --resume, the new total)
     seed: int = 1  # seed of python, numpy, torch, the environments and the replay buffer
     torch_deterministic: bool = True  # make cuDNN deterministic (`torch.backends.cudnn.deterministic`)
-    device: str = "auto"  # auto (CUDA, else MPS, else CPU), or a torch device such as cpu, cuda, cuda:1, mps
+    device: str = "auto"  # auto (CUDA if available, else CPU), or a torch device such as cpu, cuda, cuda:1, mps
     num_threads: int = 0  # torch CPU threads; 0: OMP_NUM_THREADS if set, else torch's default (all cores)
     num_envs: int = 1  # parallel environments; one gradient update is made per vector step (num_envs transitions)
     buffer_size: int = 1_000_000  # replay buffer capacity in observation slots, shared by all envs
@@ -105,9 +101,8 @@ def check_args(args: Args) -> torch.device:  # refuses unusable flags before any
     if args.track and importlib.util.find_spec("wandb") is None:
         raise Exit("--track needs Weights & Biases: pip install wandb")
     available = {"cuda": torch.cuda.is_available(), "mps": torch.backends.mps.is_available()}
-    auto = "cuda" if available["cuda"] else "mps" if available["mps"] else "cpu"
     try:
-        device = torch.device(auto if args.device == "auto" else args.device)
+        device = torch.device(("cuda" if available["cuda"] else "cpu") if args.device == "auto" else args.device)
     except RuntimeError:
         raise Exit(f"--device '{args.device}' is not a torch device; use auto, cpu, cuda or mps") from None
     if not available.get(device.type, True):
@@ -139,7 +134,6 @@ def make_env(env_id: str, render_mode: str | None = None) -> gym.Env:
         problem = "has an unbounded action space; SAC squashes actions into finite bounds"
     else:
         return env
-    env.close()
     raise Exit(f"'{env_id}' {problem}")
 
 
@@ -162,8 +156,7 @@ def check_rendering(env_id: str, capture_video: bool) -> None:
 
 # --- Networks -------------------------------------------------------------------------------------
 
-LOG_STD_MIN, LOG_STD_MAX = -5.0, 2.0
-HIDDEN = 256
+LOG_STD_MIN, LOG_STD_MAX, HIDDEN = -5.0, 2.0, 256
 
 
 def mlp(in_dim: int, out_dim: int | None) -> nn.Sequential:
@@ -199,10 +192,9 @@ class Actor(nn.Module):
         self.register_buffer("action_scale", scale)
         self.register_buffer("action_bias", torch.as_tensor((high + low) / 2.0, dtype=torch.float32))
         self.register_buffer("log_scale_sum", torch.log(scale).sum())  # log|det| of the affine rescaling
-        for m in self.modules():  # Xavier-uniform weights, zero biases
-            if isinstance(m, nn.Linear):
-                nn.init.xavier_uniform_(m.weight)
-                nn.init.zeros_(m.bias)
+        for layer in [m for m in self.modules() if isinstance(m, nn.Linear)]:  # Xavier-uniform weights, zero biases
+            nn.init.xavier_uniform_(layer.weight)
+            nn.init.zeros_(layer.bias)
 
     def forward(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         h = self.trunk(obs)
@@ -318,12 +310,11 @@ class SAC:
         adam = dict(fused=device.type in ("cpu", "cuda"), capturable=args.cudagraphs)
         self.q_optimizer = torch.optim.Adam(self.q_params, lr=args.q_lr, **adam)
         self.actor_optimizer = torch.optim.Adam(self.actor.parameters(), lr=args.policy_lr, **adam)
-        self.target_entropy = -float(self.act_dim)
         # the optimizer holds log_alpha; alpha = exp(log_alpha) stays on the device (no host sync per update)
         self.log_alpha = torch.tensor([math.log(args.alpha)], device=device, requires_grad=args.autotune)
         self.a_optimizer = torch.optim.Adam([self.log_alpha], lr=args.q_lr, **adam) if args.autotune else None
         self.alpha = torch.tensor([args.alpha], dtype=torch.float32, device=device)
-        self.n_updates = 0
+        self.target_entropy, self.n_updates = -float(self.act_dim), 0
         self.networks = {k: getattr(self, k) for k in ("actor", "qf1", "qf2", "qf1_target", "qf2_target")}
         names = ("q_optimizer", "actor_optimizer", "a_optimizer")
         self.optimizers = {k: getattr(self, k) for k in names if getattr(self, k) is not None}
@@ -401,10 +392,6 @@ class SAC:
     def update_targets(self) -> None:
         torch._foreach_lerp_(self.q_target_params, self.q_params, self.args.tau)  # target += tau (online - target)
 
-    def weights_finite(self) -> bool:
-        tensors = [p for m in self.networks.values() for p in m.parameters()] + [self.log_alpha]
-        return all(bool(torch.isfinite(t).all()) for t in tensors)
-
 
 # --- Files: every write goes through write_file; a failed one raises WriteError (exit 74) ---------
 class WriteError(Exit):  # a failed write; the reason is the OSError's, found where torch or numpy wrapped it
@@ -440,7 +427,7 @@ def atomic_write(path: Path, write) -> None:  # temporary file, fsync, rename: t
         raise WriteError(path, e) from None
 
 
-def torch_load(path: Path, what: str) -> dict:  # weights_only: no code in the file can run
+def torch_load(path: Path, what: str, fmt: str) -> dict:  # weights_only: no code in the file can run
     if path.is_dir():
         names = ", ".join(sorted(p.name for p in path.glob("*model.pt"))) or "none"
         raise Exit(f"{what} {path} is a directory; pass a file in it (model files there: {names})")
@@ -451,7 +438,7 @@ def torch_load(path: Path, what: str) -> dict:  # weights_only: no code in the f
             data = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # not torch's message: it may advise weights_only=False, i.e. running the file's code
         raise Exit(f"{what} {path} is unreadable ({type(e).__name__}): truncated, corrupt, or not ours") from None
-    if not isinstance(data, dict):
+    if not isinstance(data, dict) or data.get("format") != fmt:
         raise Exit(f"{what} {path} is not a file written by sac_continuous.py")
     return data
 
@@ -461,9 +448,8 @@ def evaluate(actor: Actor, env_id: str, episodes: int, seed: int, device: torch.
     """Deterministic returns on a fresh env, the first episode optionally filmed; no training RNG is touched."""
     env = make_env(env_id, render_mode="rgb_array" if video_path else None)
     returns, frames = [], []
-    obs, _ = env.reset(seed=seed)
     for episode in range(episodes):
-        total, done = 0.0, False
+        (obs, _), total, done = env.reset(seed=seed if episode == 0 else None), 0.0, False
         while not done:
             with torch.no_grad():
                 action = actor.deterministic(torch.as_tensor(obs, dtype=torch.float32, device=device)[None])
@@ -472,7 +458,6 @@ def evaluate(actor: Actor, env_id: str, episodes: int, seed: int, device: torch.
             if video_path and episode == 0:
                 frames.append(env.render())
         returns.append(total)
-        obs, _ = env.reset()
     env.close()
     if video_path and frames:  # ffmpeg writes the temporary file by its name, quietly: a failure is one line
         mp4 = dict(format="FFMPEG", fps=env.metadata.get("render_fps", 30), ffmpeg_log_level="quiet")
@@ -497,15 +482,13 @@ def save_checkpoint(run_dir: Path, state: dict, rb: ReplayBuffer) -> Path:
     root, name = run_dir / "checkpoints", f"step_{state['global_step']:012d}"
     final, tmp = root / name, root / f".tmp_{name}"
     try:
-        shutil.rmtree(tmp, ignore_errors=True)
         (tmp / "buffer").mkdir(parents=True)
         slots = int(np.minimum(rb.written, rb.capacity).max())  # slots beyond were never written
         for key in rb.ARRAYS:  # plain .npy files: numpy alone reads them
             array = getattr(rb, key)[:, :slots]
             write_file(tmp / "buffer" / f"{key}.npy", lambda f: np.lib.format.write_array(f, array, allow_pickle=False))
         meta = dict(pos=rb.pos.tolist(), written=rb.written.tolist(), slots=slots, rng=rb.rng.bit_generator.state)
-        state = state | {"buffer": meta}
-        write_file(tmp / "state.pt", lambda f: torch.save(state, f))
+        write_file(tmp / "state.pt", lambda f: torch.save(state | {"buffer": meta}, f))
         for path in (tmp / "buffer", tmp):
             fsync_dir(path)
         os.replace(tmp, final)
@@ -556,10 +539,8 @@ def get_env_state(env: gym.Env) -> dict:
 
 
 def set_env_state(env: gym.Env, state: dict) -> None:
-    layers, base = env_layers(env), env.unwrapped
-    if len(layers) != len(state["layers"]):
-        raise Exit("the checkpoint's environment has a different wrapper stack; it was made by another version")
-    for layer, saved in zip(layers, state["layers"]):
+    base = env.unwrapped
+    for layer, saved in zip(env_layers(env), state["layers"], strict=True):  # the same wrapper stack
         for k, v in saved.items():
             current = getattr(layer, k, None)
             if isinstance(v, torch.Tensor) and isinstance(current, np.ndarray) and current.shape == v.shape:
@@ -574,11 +555,10 @@ def set_env_state(env: gym.Env, state: dict) -> None:
 
 def checkpoint_state(args, agent: SAC, envs, obs, global_step: int, best_eval: float, last_return: float) -> dict:
     # everything the run needs to go on exactly as if it had not stopped (save_checkpoint adds the buffer)
-    np_state = np.random.get_state()  # its key array as a tensor, for weights_only loading
-    rng = {"python": random.getstate(), "torch": torch.get_rng_state()}
-    rng["numpy"] = [np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), *np_state[2:]]
-    if torch.cuda.is_available():
-        rng["cuda"] = torch.cuda.get_rng_state_all()
+    rng = {"python": random.getstate(), "torch": torch.get_rng_state()}  # numpy's key array as a tensor (weights_only)
+    name, keys, *rest = np.random.get_state()
+    rng["numpy"] = [name, torch.from_numpy(keys.astype(np.int64)), *rest]
+    rng["cuda"] = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []
     state = dict(format=CHECKPOINT_FORMAT, args=dataclasses.asdict(args), obs_dim=agent.obs_dim, act_dim=agent.act_dim)
     state.update(global_step=global_step, n_updates=agent.n_updates, best_eval=best_eval, last_return=last_return)
     state.update(obs=torch.from_numpy(obs.copy()), modules={k: m.state_dict() for k, m in agent.networks.items()})
@@ -591,11 +571,10 @@ def checkpoint_state(args, agent: SAC, envs, obs, global_step: int, best_eval: f
 def restore(saved: dict, ckpt: Path, agent: SAC, rb: ReplayBuffer, envs: gym.vector.SyncVectorEnv) -> tuple:
     """checkpoint_state's inverse. log_alpha is overwritten in place: the optimizer holds that very tensor."""
     try:
-        for k, m in agent.networks.items():
-            m.load_state_dict(saved["modules"][k])
-        for k, o in agent.optimizers.items():
-            o.load_state_dict(saved["optimizers"][k])
-            for group in o.param_groups:  # how this process steps (fused, capturable) is not part of the run
+        for k, obj in {**agent.networks, **agent.optimizers}.items():
+            obj.load_state_dict(saved["modules" if k in agent.networks else "optimizers"][k])
+        for o in agent.optimizers.values():  # how this process steps (fused, capturable) is not part of the run
+            for group in o.param_groups:
                 group.update(fused=o.defaults["fused"], capturable=o.defaults["capturable"])
         agent.log_alpha.data.copy_(saved["log_alpha"])
         agent.alpha.copy_(saved["alpha"])
@@ -608,7 +587,7 @@ def restore(saved: dict, ckpt: Path, agent: SAC, rb: ReplayBuffer, envs: gym.vec
             target[...] = data
         rb.pos, rb.written = np.asarray(meta["pos"]), np.asarray(meta["written"])
         rb.rng.bit_generator.state = meta["rng"]
-        for env, env_state in zip(envs.envs, saved["envs"]):
+        for env, env_state in zip(envs.envs, saved["envs"], strict=True):
             set_env_state(env, env_state)
         envs.action_space.np_random.bit_generator.state = saved["action_space_rng"]
         rng = saved["rng"]
@@ -616,16 +595,14 @@ def restore(saved: dict, ckpt: Path, agent: SAC, rb: ReplayBuffer, envs: gym.vec
         torch.set_rng_state(rng["torch"])
         name, keys, *rest = rng["numpy"]
         np.random.set_state((name, keys.numpy().astype(np.uint32), *rest))
-        if "cuda" in rng and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(rng["cuda"])
+        torch.cuda.set_rng_state_all(rng["cuda"]) if rng["cuda"] and torch.cuda.is_available() else None
         return saved["obs"].numpy(), saved["global_step"], saved["best_eval"], saved["last_return"]
     except (OSError, KeyError, RuntimeError, ValueError, TypeError, AttributeError, pickle.UnpicklingError) as e:
         reason = str(e).splitlines()[0][:200]
         raise Exit(f"checkpoint {ckpt} is damaged or does not fit this run ({type(e).__name__}: {reason})") from None
 
 
-# Arguments that define the run: on --resume they come from the checkpoint; a command-line value that differs from both
-# the default and the checkpoint is a conflict and is refused.
+# Arguments that define the run: on --resume they come from the checkpoint (other non-default values are refused)
 RUN_DEFINING = ("env_id", "num_envs", "buffer_size", "gamma", "tau", "batch_size", "learning_starts")
 RUN_DEFINING += ("policy_lr", "q_lr", "policy_frequency", "target_network_frequency", "alpha", "autotune", "seed")
 
@@ -646,9 +623,7 @@ def prepare_run(args: Args) -> tuple[Args, Path, Path | None, dict | None]:
             raise Exit(f"run directory {run_dir} already holds a run; add --resume auto, or choose another --run-name")
     if ckpt is None:
         return args, run_dir, None, None
-    saved = torch_load(ckpt / "state.pt", "checkpoint")
-    if saved.get("format") != CHECKPOINT_FORMAT:
-        raise Exit(f"{ckpt / 'state.pt'} is not a sac_continuous.py checkpoint")
+    saved = torch_load(ckpt / "state.pt", "checkpoint", CHECKPOINT_FORMAT)
     if saved["global_step"] >= args.total_timesteps:
         raise Exit(f"{run_dir} is already at step {saved['global_step']}; a larger --total-timesteps extends it", 0)
     for name in RUN_DEFINING:
@@ -670,19 +645,14 @@ def resume_command(args: Args, run_dir: Path) -> str:
 
 
 # --- The training loop ----------------------------------------------------------------------------
-def catch_stop_signals() -> list:
-    """First SIGINT/SIGTERM: its name goes into the list (the loop checkpoints and exits 75); a second: exit 130."""
-    caught = []
+class StopSignals(list):
+    """Handles SIGINT/SIGTERM: the first one's name is kept (the loop checkpoints and exits 75), a second exits 130."""
 
-    def handle(signum, frame):
-        if caught:
+    def __call__(self, signum, frame):
+        if self:
             os._exit(EXIT_ABORTED)
-        caught.append(signal.Signals(signum).name)
-        print(f"\n{caught[0]}: finishing this step, writing a checkpoint (again: quit at once)", file=sys.stderr)
-
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, handle)
-    return caught
+        self.append(signal.Signals(signum).name)
+        print(f"\n{self[0]}: finishing this step, writing a checkpoint (again: quit at once)", file=sys.stderr)
 
 
 def open_run(args: Args, run_dir: Path, ckpt: Path | None, saved: dict | None, global_step: int):
@@ -695,8 +665,7 @@ def open_run(args: Args, run_dir: Path, ckpt: Path | None, saved: dict | None, g
     print(f"run: {run_dir}" + (f" (resumed at step {global_step} from {ckpt.name})" if ckpt else ""), file=sys.stderr)
     clear_leftovers(run_dir, keep=ckpt)
     if saved is None:
-        text = json.dumps(dataclasses.asdict(args), indent=2) + "\n"
-        atomic_write(run_dir / "args.json", lambda f: f.write(text.encode()))
+        atomic_write(run_dir / "args.json", lambda f: f.write(json.dumps(dataclasses.asdict(args), indent=2).encode()))
     wandb = importlib.import_module("wandb") if args.track else None
     if wandb:
         id_file, step = run_dir / "wandb_run_id", saved and saved.get("wandb_step")
@@ -709,17 +678,12 @@ def open_run(args: Args, run_dir: Path, ckpt: Path | None, saved: dict | None, g
     threading.excepthook = lambda a: type(a.thread).__name__ == "_AsyncWriterThread" or hook(a)
     purge_step = global_step + 1 if saved else 0 if any(run_dir.glob("events.out.tfevents.*")) else None
     writer = importlib.import_module("torch.utils.tensorboard").SummaryWriter(str(run_dir), purge_step=purge_step)
-    if saved is None:
-        table = "\n".join(f"|{k}|{v}|" for k, v in dataclasses.asdict(args).items())
-        writer.add_text("hyperparameters", "|param|value|\n|-|-|\n" + table)
     if not sys.stderr.isatty():  # the progress bar: on a terminal only
         return writer, wandb, None
     rp, text = importlib.import_module("rich.progress"), importlib.import_module("rich.progress").TextColumn
     columns = [text("{task.description}"), rp.BarColumn(), rp.MofNCompleteColumn(), text("{task.fields[info]}  ETA")]
     bar = rp.Progress(*columns, rp.TimeRemainingColumn(), console=rp.Console(stderr=True))
-    phase = (
-        f"SAC: random actions until {args.learning_starts:,}" if global_step < args.learning_starts else "SAC: training"
-    )
+    phase = "SAC: training" if global_step >= args.learning_starts else f"SAC: random until {args.learning_starts:,}"
     bar.add_task(phase, total=args.total_timesteps, completed=global_step, info="")
     bar.start()
     return writer, wandb, bar
@@ -729,7 +693,7 @@ def crossed(step: int, prev_step: int, every: int) -> bool:  # a multiple of `ev
     return every > 0 and step // every > prev_step // every
 
 
-def evaluate_and_save(agent: SAC, args: Args, run_dir: Path, global_step: int, best_eval: float, writer, wandb, bar):
+def evaluate_and_save(agent: SAC, args: Args, run_dir: Path, global_step: int, best_eval: float, writer, wandb):
     """Evaluate, log, write model.pt (and best_model.pt when the mean return is the best so far)."""
     video = run_dir / "videos" / f"eval_step_{global_step:012d}.mp4" if args.capture_video else None
     returns = evaluate(agent.actor, args.env_id, args.eval_episodes, args.seed + 10_000, agent.device, video)
@@ -742,16 +706,13 @@ def evaluate_and_save(agent: SAC, args: Args, run_dir: Path, global_step: int, b
     model |= dict(act_dim=agent.act_dim, **{k: getattr(agent, k).state_dict() for k in ("actor", "qf1", "qf2")})
     for name in ["model.pt"] + (["best_model.pt"] if mean > best_eval else []):
         atomic_write(run_dir / name, lambda f: torch.save(model, f))
-    text = f"step {global_step}: eval return {mean:.1f} ± {std:.1f} over {len(returns)} episodes"
-    bar.console.print(text) if bar else print(text, file=sys.stderr)
+    print(f"step {global_step}: eval return {mean:.1f} ± {std:.1f} over {len(returns)} episodes", file=sys.stderr)
     return max(mean, best_eval)
 
 
-def diverged(global_step: int, run_dir: Path, what: str) -> Exit:
+def last_checkpoint(run_dir: Path) -> str:
     latest = find_checkpoint(run_dir) if run_dir.is_dir() else None
-    where = f"the last good checkpoint {latest} is intact" if latest else "no checkpoint was written"
-    text = f"training diverged at step {global_step} (non-finite {what}); {where}"
-    return Exit(text + ". Try lower --policy-lr/--q-lr", EXIT_DIVERGED)
+    return f"the last checkpoint {latest} is intact" if latest else "no checkpoint was written yet"
 
 
 def train(args: Args) -> int:
@@ -776,7 +737,9 @@ def train(args: Args) -> int:
         obs, global_step, best_eval, last_return = restore(saved, ckpt, agent, rb, envs)
     else:
         rb.start(obs)
-    caught, bar, writer, wandb = catch_stop_signals(), None, None, None
+    caught, bar, writer, wandb = StopSignals(), None, None, None
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, caught)
     try:
         writer, wandb, bar = open_run(args, run_dir, ckpt, saved, global_step)
         start_step, start_time = global_step, time.time()
@@ -798,25 +761,27 @@ def train(args: Args) -> int:
             # ALGO LOGIC: one SAC update per vector step once learning has started
             if global_step > args.learning_starts:
                 stats = agent.update(rb.sample(args.batch_size))
-                if agent.n_updates % args.log_frequency == 0:
-                    stats = {k: v.item() for k, v in stats.items()} | {"alpha": agent.alpha.item()}
-                    if not all(map(math.isfinite, stats.values())):
-                        raise diverged(global_step, run_dir, ", ".join(f"{k}={v:.4g}" for k, v in stats.items()))
-                    for k, v in stats.items():
-                        writer.add_scalar(f"losses/{k}", v, global_step)
-                    sps = int((global_step - start_step) / (time.time() - start_time))
-                    writer.add_scalar("charts/SPS", sps, global_step)
-                    info = f"{sps} SPS" + ("" if math.isnan(last_return) else f", return {last_return:.1f}")
+            logging = global_step > args.learning_starts and agent.n_updates % args.log_frequency == 0
 
-            # Evaluation (before learning starts, once) and model files; checkpoints: periodic, at the end, on a signal
+            # Loss logs, evaluations (one before learning), checkpoints (periodic, last, on a signal): never NaN weights
             last, stopping = global_step >= args.total_timesteps, bool(caught) and global_step < args.total_timesteps
             learned = global_step > args.learning_starts or best_eval == -math.inf
             evaluating = (crossed(global_step, prev_step, args.eval_frequency) and learned) or last
             saving = crossed(global_step, prev_step, args.checkpoint_frequency) or (last and args.checkpoint_frequency)
-            if (evaluating or saving or stopping) and not agent.weights_finite():
-                raise diverged(global_step, run_dir, "weights")
+            weights = [p for m in agent.networks.values() for p in m.parameters()] + [agent.log_alpha]
+            if (logging or evaluating or saving or stopping) and not all(
+                bool(torch.isfinite(p).all()) for p in weights
+            ):
+                text = f"training diverged at step {global_step} (NaN/Inf weights); {last_checkpoint(run_dir)}"
+                raise Exit(text + ". Try lower --policy-lr/--q-lr", EXIT_DIVERGED)
+            if logging:
+                for k, v in (stats | {"alpha": agent.alpha}).items():
+                    writer.add_scalar(f"losses/{k}", v.item(), global_step)
+                sps = int((global_step - start_step) / (time.time() - start_time))
+                writer.add_scalar("charts/SPS", sps, global_step)
+                info = f"{sps} SPS" + ("" if math.isnan(last_return) else f", return {last_return:.1f}")
             if evaluating:
-                best_eval = evaluate_and_save(agent, args, run_dir, global_step, best_eval, writer, wandb, bar)
+                best_eval = evaluate_and_save(agent, args, run_dir, global_step, best_eval, writer, wandb)
             if saving or stopping:
                 writer.flush()  # the events up to this step reach the disk before the checkpoint that follows them
                 state = checkpoint_state(args, agent, envs, obs, global_step, best_eval, last_return)
@@ -831,9 +796,7 @@ def train(args: Args) -> int:
         writer.close()
     except (OSError, WriteError) as e:  # a checkpoint, model, video or event write failed: no training goes on
         e = e if isinstance(e, WriteError) else WriteError(Path(e.filename or run_dir / "events.out.tfevents"), e)
-        latest = find_checkpoint(run_dir) if run_dir.is_dir() else None
-        where = f"the last checkpoint {latest} is intact" if latest else "no checkpoint was written yet"
-        text = f"{e} at step {global_step}; {where}. Fix it, then: {resume_command(args, run_dir)}"
+        text = f"{e} at step {global_step}; {last_checkpoint(run_dir)}. Fix it, then: {resume_command(args, run_dir)}"
         raise Exit(text, EXIT_IO_ERROR) from None
     finally:
         bar.stop() if bar else None
@@ -848,15 +811,11 @@ def train(args: Args) -> int:
 def eval_only(args: Args) -> int:
     device, path = check_args(args), Path(args.eval_checkpoint)
     check_rendering(args.env_id, args.capture_video)
-    data = torch_load(path, "model file")
-    if data.get("format") != MODEL_FORMAT:
-        raise Exit(f"{path} is not a sac_continuous.py model file (model.pt or best_model.pt)")
+    data = torch_load(path, "model file", MODEL_FORMAT)
     if data["env_id"] != args.env_id:
         raise Exit(f"{path} was trained on {data['env_id']}, not {args.env_id}; pass --env-id {data['env_id']}")
     with make_env(args.env_id) as env:
         low, high, obs_dim = env.action_space.low, env.action_space.high, env.observation_space.shape[0]
-    if (data["obs_dim"], data["act_dim"]) != (obs_dim, len(low)):
-        raise Exit(f"{path}: observation/action sizes {data['obs_dim']}/{data['act_dim']}, not {obs_dim}/{len(low)}")
     actor = Actor(obs_dim, low, high).to(device)
     actor.load_state_dict(data["actor"])
     video = path.parent / "videos" / f"eval_{path.stem}.mp4" if args.capture_video else None
