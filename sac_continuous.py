@@ -122,7 +122,7 @@ def make_env(env_id: str, render_mode: str | None = None) -> gym.Env:
     try:
         env = gym.make(env_id, render_mode=render_mode)
     except gym.error.Error as e:  # NameNotFound, VersionNotFound, DeprecatedEnv, missing extras...
-        raise Exit(f"cannot make environment '{env_id}': {str(e).rstrip('.')}. Check --env-id") from None
+        raise Exit(f"cannot make environment '{env_id}': {str(e).rstrip('.')}; check --env-id") from None
     except ImportError as e:
         raise Exit(f"environment '{env_id}' needs a missing package ({e}); install it") from None
     space, obs_space = env.action_space, env.observation_space
@@ -667,17 +667,20 @@ def open_run(args: Args, run_dir: Path, ckpt: Path | None, saved: dict | None, g
     if saved is None:
         atomic_write(run_dir / "args.json", lambda f: f.write(json.dumps(dataclasses.asdict(args), indent=2).encode()))
     wandb = importlib.import_module("wandb") if args.track else None
-    if wandb:
-        id_file, step = run_dir / "wandb_run_id", saved and saved.get("wandb_step")
-        run_id = id_file.read_text().strip() if id_file.is_file() else wandb.util.generate_id()
-        where = dict(resume_from=f"{run_id}?_step={step}") if step else dict(id=run_id, resume="allow")
-        init = dict(project=args.wandb_project_name, entity=args.wandb_entity, name=run_dir.name, dir=run_dir)
-        wandb.init(**init, **where, config=dataclasses.asdict(args), sync_tensorboard=True, save_code=True)
-        atomic_write(id_file, lambda f: f.write(run_id.encode()))
+    if wandb:  # W&B's step is the environment step, so a rerun rewinds the W&B run to its checkpoint exactly
+        id_file = run_dir / "wandb_run_id"
+        run_id = id_file.read_text().strip() if id_file.is_file() else None
+        init = dict(project=args.wandb_project_name, entity=args.wandb_entity, name=run_dir.name, dir=run_dir.parent)
+        init |= dict(resume_from=run_id and f"{run_id}?_step={global_step}", config=dataclasses.asdict(args))
+        run = wandb.init(**init, save_code=True)
+        atomic_write(id_file, lambda f: f.write(run.id.encode()))
     hook = threading.excepthook  # the writer thread's failed write: the writer re-raises it, reported in one line
     threading.excepthook = lambda a: type(a.thread).__name__ == "_AsyncWriterThread" or hook(a)
     purge_step = global_step + 1 if saved else 0 if any(run_dir.glob("events.out.tfevents.*")) else None
     writer = importlib.import_module("torch.utils.tensorboard").SummaryWriter(str(run_dir), purge_step=purge_step)
+    if wandb:  # every TensorBoard scalar also goes to W&B, at its step
+        add_scalar = writer.add_scalar
+        writer.add_scalar = lambda tag, value, step: (add_scalar(tag, value, step), wandb.log({tag: value}, step=step))
     if not sys.stderr.isatty():  # the progress bar: on a terminal only
         return writer, wandb, None
     rp, text = importlib.import_module("rich.progress"), importlib.import_module("rich.progress").TextColumn
@@ -701,7 +704,7 @@ def evaluate_and_save(agent: SAC, args: Args, run_dir: Path, global_step: int, b
     writer.add_scalar("eval/mean_return", mean, global_step)
     writer.add_scalar("eval/std_return", std, global_step)
     if video and wandb:
-        wandb.log({"videos/eval": wandb.Video(str(video), format="mp4")}, commit=False)
+        wandb.log({"videos/eval": wandb.Video(str(video), format="mp4")}, step=global_step)
     model = dict(format=MODEL_FORMAT, env_id=args.env_id, global_step=global_step, obs_dim=agent.obs_dim)
     model |= dict(act_dim=agent.act_dim, **{k: getattr(agent, k).state_dict() for k in ("actor", "qf1", "qf2")})
     for name in ["model.pt"] + (["best_model.pt"] if mean > best_eval else []):
@@ -785,7 +788,7 @@ def train(args: Args) -> int:
             if saving or stopping:
                 writer.flush()  # the events up to this step reach the disk before the checkpoint that follows them
                 state = checkpoint_state(args, agent, envs, obs, global_step, best_eval, last_return)
-                path = save_checkpoint(run_dir, state | {"wandb_step": wandb.run.step if wandb else None}, rb)
+                path = save_checkpoint(run_dir, state, rb)
             if bar:  # restarted when learning starts, so that the ETA is the training rate
                 if prev_step < args.learning_starts <= global_step:
                     bar.reset(0, total=args.total_timesteps, completed=global_step, description="SAC: training")
@@ -820,7 +823,9 @@ def eval_only(args: Args) -> int:
     actor.load_state_dict(data["actor"])
     video = path.parent / "videos" / f"eval_{path.stem}.mp4" if args.capture_video else None
     returns = evaluate(actor, args.env_id, args.eval_episodes, args.seed + 10_000, device, video)
-    result = f"{args.env_id} {path}: mean return {np.mean(returns):.1f} ± {np.std(returns):.1f}"
+    result = (
+        f"{args.env_id} {path}: mean return {np.mean(returns):.1f} ± {np.std(returns):.1f} over {len(returns)} episodes"
+    )
     print(result + (f"; video: {video}" if video else ""))
     return 0
 
