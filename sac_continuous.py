@@ -666,19 +666,18 @@ def open_run(args: Args, run_dir: Path, ckpt: Path | None, saved: dict | None, g
     clear_leftovers(run_dir, keep=ckpt)
     if saved is None:
         atomic_write(run_dir / "args.json", lambda f: f.write(json.dumps(dataclasses.asdict(args), indent=2).encode()))
+    hook = threading.excepthook  # the writer thread's failed write: the writer re-raises it, reported in one line
+    threading.excepthook = lambda a: type(a.thread).__name__ == "_AsyncWriterThread" or hook(a)
+    purge_step = global_step + 1 if saved else 0 if any(run_dir.glob("events.out.tfevents.*")) else None
+    writer = importlib.import_module("torch.utils.tensorboard").SummaryWriter(str(run_dir), purge_step=purge_step)
     wandb = importlib.import_module("wandb") if args.track else None
-    if wandb:  # W&B's step is the environment step, so a rerun rewinds the W&B run to its checkpoint exactly
+    if wandb:  # every scalar also goes to W&B at its environment step, so a rerun rewinds W&B to its checkpoint exactly
         id_file = run_dir / "wandb_run_id"
         run_id = id_file.read_text().strip() if id_file.is_file() else None
         init = dict(project=args.wandb_project_name, entity=args.wandb_entity, name=run_dir.name, dir=run_dir.parent)
         init |= dict(resume_from=run_id and f"{run_id}?_step={global_step}", config=dataclasses.asdict(args))
         run = wandb.init(**init, save_code=True)
         atomic_write(id_file, lambda f: f.write(run.id.encode()))
-    hook = threading.excepthook  # the writer thread's failed write: the writer re-raises it, reported in one line
-    threading.excepthook = lambda a: type(a.thread).__name__ == "_AsyncWriterThread" or hook(a)
-    purge_step = global_step + 1 if saved else 0 if any(run_dir.glob("events.out.tfevents.*")) else None
-    writer = importlib.import_module("torch.utils.tensorboard").SummaryWriter(str(run_dir), purge_step=purge_step)
-    if wandb:  # every TensorBoard scalar also goes to W&B, at its step
         add_scalar = writer.add_scalar
         writer.add_scalar = lambda tag, value, step: (add_scalar(tag, value, step), wandb.log({tag: value}, step=step))
     if not sys.stderr.isatty():  # the progress bar: on a terminal only
@@ -697,7 +696,6 @@ def crossed(step: int, prev_step: int, every: int) -> bool:  # a multiple of `ev
 
 
 def evaluate_and_save(agent: SAC, args: Args, run_dir: Path, global_step: int, best_eval: float, writer, wandb):
-    """Evaluate, log, write model.pt (and best_model.pt when the mean return is the best so far)."""
     video = run_dir / "videos" / f"eval_step_{global_step:012d}.mp4" if args.capture_video else None
     returns = evaluate(agent.actor, args.env_id, args.eval_episodes, args.seed + 10_000, agent.device, video)
     mean, std = float(np.mean(returns)), float(np.std(returns))
