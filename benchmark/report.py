@@ -139,7 +139,7 @@ def references_for(env_id: str, references: list[dict]) -> list[dict]:
     out = []
     for row in (r for r in references if r["env"] == family):
         text = f"{row['label']}, {row['env']}-{row['env_version']}: {row['value']:.0f}"
-        text += f" ± {row['std']:.0f}" * (row["std"] is not None) + f" ({row['metric']})" * bool(row.get("metric"))
+        text += ("" if row["std"] is None else f" ± {row['std']:.0f}") + f" ({row['metric']})" * bool(row.get("metric"))
         same = row["env_version"] == version
         legend = text if same else f"({row['env_version']}, not {version}) {text}"
         out.append({**row, "same_version": same, "legend": legend})
@@ -265,7 +265,7 @@ def env_section(env_id: str, runs: list[Run], references: list[dict], png: str, 
         out += ["References (benchmark/references.csv; other versions are not the same task):", ""]
         out += ["| result | env | value | steps | what | source |", "|---|---|---|---|---|---|"]
         for f in refs:
-            value = f"{f['value']:.1f}" + f" ± {f['std']:.1f}" * (f["std"] is not None)
+            value = f"{f['value']:.1f}" + ("" if f["std"] is None else f" ± {f['std']:.1f}")
             what = f"{f.get('metric', '')}; {f.get('note', '')}"
             env = f"{f['env']}-{f['env_version']}"
             out.append(f"| {f['label']} | {env} | {value} | {f['steps']} | {what} | {f['source']} |")

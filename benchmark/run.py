@@ -131,7 +131,7 @@ def status_of(spec: Spec, out: Path, state: dict, queue: dict, live=()) -> tuple
     note = f"exit {code}: {why[:300]}" if status in ("failed", "diverged") else ""
     if status in ("interrupted", "stopped", "aborted", "killed") or (status == "pending" and ckpt):
         note = "re-run to continue"
-    return status, ckpt or 0, note
+    return status, ckpt or 0, f"Slurm job {job}; " * bool(job) + note
 
 
 def summary(specs: list[Spec], out: Path, state: dict, live=()) -> str:
