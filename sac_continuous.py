@@ -634,12 +634,11 @@ def prepare_run(args: Args) -> tuple[Args, Path, Path | None, dict | None]:
 
 
 def resume_command(args: Args, run_dir: Path) -> str:
-    """--resume restores the run-defining flags; the others (total, evaluation, device...) are given again."""
-    words = [os.environ.get("SAC_COMMAND", "python sac_continuous.py"), "--resume", str(run_dir)]
-    for field in dataclasses.fields(Args):
+    """This run's flags with --resume auto: it goes on from the last checkpoint, or starts afresh if there is none."""
+    args = dataclasses.replace(args, resume="auto", run_name=run_dir.name, output_dir=str(run_dir.parent))
+    words = [os.environ.get("SAC_COMMAND", "python sac_continuous.py")]
+    for field in (f for f in dataclasses.fields(Args) if getattr(args, f.name) != f.default):
         name, value = field.name, getattr(args, field.name)
-        if name in RUN_DEFINING or name in ("resume", "run_name", "output_dir") or value == field.default:
-            continue
         words += [flag(name) if value else flag("no_" + name)] if isinstance(value, bool) else [flag(name), str(value)]
     return " ".join(words)
 
