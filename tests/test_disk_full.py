@@ -132,12 +132,15 @@ def test_a_failed_event_write_exits_74_in_one_line_and_resume_auto_finishes(refe
     assert_resume_finishes_like(reference, tmp_path)
 
 
-@pytest.mark.parametrize("under,k", [(step_name(2 * EVERY), 3), ("latest", 2)], ids=["in-the-buffer", "at-latest"])
-def test_leftovers_of_a_process_that_died_mid_checkpoint_are_cleared_at_start(reference, tmp_path, under, k):
-    """Dying while writing checkpoint 120 (in its buffer files; or renamed into place, with `latest` not yet
-    switched) leaves a partial or an orphan checkpoint; the same command clears it and finishes exactly."""
+@pytest.mark.parametrize("under", ["rewards.npy", "latest"])
+def test_leftovers_of_a_process_that_died_mid_checkpoint_are_cleared_at_start(reference, tmp_path, under):
+    """Dying at the first operation on `under` of checkpoint 120 (amid its buffer files; or with it renamed into
+    place and `latest` not yet switched) leaves a partial or orphan checkpoint; the same command clears it away
+    and finishes exactly."""
+    with crash_at(None, under) as ops:  # how many operations on `under` one checkpoint makes
+        ok(main_in(tmp_path / "count", *FLAGS[:-1], EVERY))
     run_dir = tmp_path / "runs" / "r"
-    with crash_at(k, under), pytest.raises(Crash):
+    with crash_at(ops.count + 1, under), pytest.raises(Crash):
         main_in(tmp_path, *FLAGS)
     assert latest_name(run_dir) == step_name(EVERY)
     assert temporaries(run_dir) or len(list((run_dir / "checkpoints").iterdir())) > 2, "precondition: leftovers"
