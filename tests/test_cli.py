@@ -189,5 +189,5 @@ def test_progress_bar_on_a_terminal_has_the_training_rate_eta_and_no_nan_return(
     assert proc.wait() == 0
     screen = re.sub(r"\x1b\[[0-9;?]*[a-zA-Z]", "\n", b"".join(chunks).decode(errors="replace"))
     assert "run: runs/r" in screen and "nan" not in screen.lower()
-    etas = [int(h) * 3600 + int(m) * 60 + int(s) for h, m, s in re.findall(r"ETA[: ]+(\d+):(\d\d):(\d\d)", screen)]
+    etas = [int(h) * 3600 + int(m) * 60 + int(s) for h, m, s in re.findall(r"ETA\s+(\d+):(\d\d):(\d\d)", screen)]
     assert etas and max(etas) >= 3, screen[-3000:]

@@ -100,7 +100,7 @@ def test_a_failed_write_exits_74_in_one_line_and_resume_auto_finishes(reference,
     assert not temporaries(run_dir) and intact(run_dir) == fault.before
     assert all(s <= step for points in scalars(run_dir).values() for s, _ in points), "trained past the failure"
     if latest_name(run_dir):
-        assert f"the last checkpoint {latest_ckpt(run_dir)} is intact" in line, line
+        assert f"the last checkpoint runs/r/checkpoints/{latest_name(run_dir)} is intact" in line, line
         if name in ("obs.npy", "state.pt", "latest"):  # a failed checkpoint: the one before it stays `latest`
             assert latest_name(run_dir) == step_name(step - EVERY)
             assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["latest", step_name(step - EVERY)]
@@ -126,7 +126,7 @@ def test_a_failed_event_write_exits_74_in_one_line_and_resume_auto_finishes(refe
     with monkeypatch.context() as m:
         m.setattr(gfile.LocalFileSystem, "append", append)
         res = main_in(tmp_path, *FLAGS)
-    line = error_line(res, "events.out.tfevents.", "(No space left on device)", code=sac.EXIT_IO_ERROR)
+    line = error_line(res, "runs/r/events.out.tfevents", "(No space left on device)", code=sac.EXIT_IO_ERROR)
     assert EVERY < int(re.search(r"at step (\d+)", line)[1]) <= 2 * EVERY, line
     assert "Exception in thread" not in res.err and not temporaries(run_dir) and intact(run_dir) == fault.before
     assert_resume_finishes_like(reference, tmp_path)
