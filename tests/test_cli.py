@@ -175,7 +175,9 @@ def test_progress_bar_on_a_terminal_has_the_training_rate_eta_and_no_nan_return(
     (tmp_path / "slow.py").write_text(SLOW_UPDATES)
     leader, follower = pty.openpty()
     env = {**os.environ, "PYTHONPATH": str(SCRIPT.parent), "TERM": "xterm", "COLUMNS": "200"}
-    fast = flags(total_timesteps=260, learning_starts=100, batch_size=32, buffer_size=1000, output_dir="runs")
+    fast = flags(
+        total_timesteps=260, learning_starts=100, batch_size=32, buffer_size=1000, output_dir="runs", log_frequency=10
+    )
     proc = subprocess.Popen(
         [sys.executable, "slow.py", *map(str, fast)], cwd=tmp_path, env=env, stdout=follower, stderr=follower
     )

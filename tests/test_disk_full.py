@@ -133,7 +133,7 @@ def test_a_failed_event_write_exits_74_in_one_line_and_resume_auto_finishes(refe
 
 
 @pytest.mark.parametrize("under", ["rewards.npy", "latest"])
-def test_leftovers_of_a_process_that_died_mid_checkpoint_are_cleared_at_start(reference, tmp_path, under):
+def test_leftovers_of_a_process_that_died_mid_checkpoint_are_cleared_at_start(reference, tmp_path, monkeypatch, under):
     """Dying at the first operation on `under` of checkpoint 120 (amid its buffer files; or with it renamed into
     place and `latest` not yet switched) leaves a partial or orphan checkpoint; the same command clears it away
     and finishes exactly."""
@@ -144,7 +144,15 @@ def test_leftovers_of_a_process_that_died_mid_checkpoint_are_cleared_at_start(re
         main_in(tmp_path, *FLAGS)
     assert latest_name(run_dir) == step_name(EVERY)
     assert temporaries(run_dir) or len(list((run_dir / "checkpoints").iterdir())) > 2, "precondition: leftovers"
+    original, seen = sac.write_file, []
+
+    def write_file(path, write):  # the resumed run's first write finds the leftovers gone already
+        seen.append(seen or (sorted(p.name for p in (run_dir / "checkpoints").iterdir()), temporaries(run_dir)))
+        return original(path, write)
+
+    monkeypatch.setattr(sac, "write_file", write_file)
     assert_resume_finishes_like(reference, tmp_path)
+    assert seen[0] == (["latest", step_name(EVERY)], [])
     assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["latest", step_name(TOTAL)]
 
 
