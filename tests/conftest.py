@@ -92,20 +92,12 @@ def ok(res: SimpleNamespace) -> SimpleNamespace:
     return res
 
 
-def refusal(res: SimpleNamespace, *words: str, code: int = 2) -> str:
-    """The run was refused: exit `code`, exactly one line on stderr, `error: ...` naming every word."""
+def error_line(res: SimpleNamespace, *words: str, code: int = 2) -> str:
+    """Exit `code` with one `error: ...` line naming every word, no traceback; a refusal (2): nothing else on stderr."""
     lines = [line for line in res.err.splitlines() if line.strip()]
-    assert res.code == code and len(lines) == 1, f"exit {res.code}, stderr:\n{res.err[-3000:]}"
-    assert lines[0].startswith("error: ") and "Traceback" not in res.err, lines[0]
-    for word in words:
-        assert str(word) in lines[0], f"{word!r} not in: {lines[0]}"
-    return lines[0]
-
-
-def error_line(res: SimpleNamespace, *words: str, code: int) -> str:
-    """A run that stopped with `code`: one `error:` line among its normal output, and no traceback."""
-    errors = [line for line in res.err.splitlines() if line.startswith("error")]
+    errors = [line for line in lines if line.startswith("error: ")]
     assert res.code == code and len(errors) == 1 and "Traceback" not in res.err, f"exit {res.code}:\n{res.err[-3000:]}"
+    assert code != 2 or len(lines) == 1, res.err
     for word in words:
         assert str(word) in errors[0], f"{word!r} not in: {errors[0]}"
     return errors[0]
@@ -119,10 +111,8 @@ def step_name(step: int) -> str:
 
 
 def latest_name(run_dir: Path) -> str | None:
-    try:
-        return (run_dir / "checkpoints" / "latest").read_text().strip()
-    except FileNotFoundError:
-        return None
+    latest = run_dir / "checkpoints" / "latest"
+    return latest.read_text().strip() if latest.is_file() else None
 
 
 def latest_ckpt(run_dir: Path) -> Path:

@@ -16,32 +16,10 @@ import time
 from pathlib import Path
 from types import SimpleNamespace
 
+import conftest as h
 import numpy as np
 import pytest
 import torch
-from conftest import (
-    SCRIPT,
-    SMALL,
-    Crash,
-    assert_same_checkpoint,
-    assert_same_models,
-    crash_at,
-    error_line,
-    finish,
-    latest_ckpt,
-    latest_name,
-    load_buffer,
-    load_state,
-    main_in,
-    ok,
-    refusal,
-    run_script,
-    scalars,
-    start,
-    step_name,
-    temporaries,
-    tree,
-)
 
 import sac_continuous as sac
 
@@ -64,15 +42,13 @@ def wait_until(predicate, proc, what: str, timeout: float = 300) -> None:
 
 def assert_same_run(ref: Path, run_dir: Path) -> None:
     """The final checkpoint, model files and TensorBoard points (charts/SPS: its steps) of the uninterrupted run."""
-    assert latest_name(run_dir) == latest_name(ref) == step_name(TOTAL)
-    assert_same_checkpoint(latest_ckpt(ref), latest_ckpt(run_dir))
-    assert_same_models(ref, run_dir)
-    a, b = scalars(ref), scalars(run_dir)
+    assert h.latest_name(run_dir) == h.latest_name(ref) == h.step_name(TOTAL)
+    h.assert_same_checkpoint(h.latest_ckpt(ref), h.latest_ckpt(run_dir))
+    h.assert_same_models(ref, run_dir)
+    a, b = h.scalars(ref), h.scalars(run_dir)
     assert a.keys() == b.keys() and {"losses/qf_loss", "charts/episodic_return", "eval/mean_return"} <= a.keys()
-    for tag in a:
-        assert [p[0] if tag == "charts/SPS" else p for p in a[tag]] == [
-            p[0] if tag == "charts/SPS" else p for p in b[tag]
-        ], tag
+    for tag in a:  # wall-clock speed: the same steps only
+        assert [p[0] for p in a[tag]] == [p[0] for p in b[tag]] and (tag == "charts/SPS" or a[tag] == b[tag]), tag
 
 
 @pytest.fixture(scope="module")
@@ -81,24 +57,24 @@ def runs(tmp_path_factory):
     was then extended to TOTAL with only the flags that do not define the run (those come from the checkpoint)."""
     base = tmp_path_factory.mktemp("exact")
     flags = {env: ["--env-id", env, *RUN_DEFINING, *OTHERS] for env in ("Pendulum-v1", "Hopper-v5")}
-    procs = [start(base / env, *flags[env], "--total-timesteps", TOTAL) for env in flags]
-    procs.append(start(base / "split", *flags["Pendulum-v1"], "--total-timesteps", MID))
+    procs = [h.start(base / env, *flags[env], "--total-timesteps", TOTAL) for env in flags]
+    procs.append(h.start(base / "split", *flags["Pendulum-v1"], "--total-timesteps", MID))
     for proc in procs:
-        ok(finish(proc))
+        h.ok(h.finish(proc))
     shutil.copytree(base / "split" / "runs" / "r", base / "mid")
-    extended = ok(run_script(base / "split", *OTHERS, "--total-timesteps", TOTAL))
+    extended = h.ok(h.run_script(base / "split", *OTHERS, "--total-timesteps", TOTAL))
     pendulum, hopper = ([*flags[env], "--total-timesteps", TOTAL] for env in flags)
     return SimpleNamespace(pendulum=pendulum, hopper=hopper, mid=base / "mid", extended=extended, base=base)
 
 
 def test_a_finished_run_extended_is_bitwise_the_uninterrupted_run(runs):
     ref, split = runs.base / "Pendulum-v1" / "runs" / "r", runs.base / "split" / "runs" / "r"
-    assert load_state(latest_ckpt(runs.mid))["global_step"] == MID and f"at step {MID}" in runs.extended.err
+    assert h.load_state(h.latest_ckpt(runs.mid))["global_step"] == MID and f"at step {MID}" in runs.extended.err
     assert "run: runs/r" in runs.extended.err
     # the stopped run also evaluated at MID (its end): its best evaluation and best_model.pt may differ
-    assert_same_checkpoint(latest_ckpt(ref), latest_ckpt(split), ignore="best")
+    h.assert_same_checkpoint(h.latest_ckpt(ref), h.latest_ckpt(split), ignore="best")
     assert torch.equal(*(torch.load(r / "model.pt", weights_only=True)["actor"]["mean.weight"] for r in (ref, split)))
-    curves, ref_curves = scalars(split), scalars(ref)
+    curves, ref_curves = h.scalars(split), h.scalars(ref)
     assert [s for s, _ in curves["eval/mean_return"]] == [MID, TOTAL]
     for tag in ("losses/qf_loss", "losses/alpha", "charts/episodic_return"):
         assert curves[tag] == ref_curves[tag], tag  # one curve: nothing doubled or lost around MID
@@ -107,18 +83,18 @@ def test_a_finished_run_extended_is_bitwise_the_uninterrupted_run(runs):
 def test_sigterm_exits_75_and_its_resume_command_ends_bitwise_like_the_uninterrupted_run(runs, tmp_path):
     """Hopper-v5: SIGTERM after the checkpoint at MID writes a checkpoint at the current step; the printed command
     (starting with $SAC_COMMAND) continues to the same final state, flags and MjData included."""
-    command = f"{shlex.quote(sys.executable)} {shlex.quote(str(SCRIPT))}"
-    proc = start(tmp_path, *runs.hopper, env={**os.environ, "SAC_COMMAND": command})
+    command = f"{shlex.quote(sys.executable)} {shlex.quote(str(h.SCRIPT))}"
+    proc = h.start(tmp_path, *runs.hopper, env={**os.environ, "SAC_COMMAND": command})
     run_dir = tmp_path / "runs" / "r"
-    wait_until(lambda: latest_name(run_dir) == step_name(MID), proc, "checkpoint at MID")
+    wait_until(lambda: h.latest_name(run_dir) == h.step_name(MID), proc, "checkpoint at MID")
     proc.send_signal(signal.SIGTERM)
-    res = finish(proc)
+    res = h.finish(proc)
     assert res.code == sac.EXIT_INTERRUPTED == 75 and "Traceback" not in res.err, res.err
     m = re.search(r"stopped by SIGTERM at step (\d+); checkpoint (\S+)\. Resume with: (.+)", res.err)
     assert m and m[3].startswith(command), res.err
     step = int(m[1])
-    assert MID <= step < TOTAL and Path(m[2]).name == latest_name(run_dir) == step_name(step)
-    assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["latest", step_name(step)]
+    assert MID <= step < TOTAL and Path(m[2]).name == h.latest_name(run_dir) == h.step_name(step)
+    assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["latest", h.step_name(step)]
     resumed = subprocess.run(shlex.split(m[3]), cwd=tmp_path, capture_output=True, text=True, timeout=600)
     assert resumed.returncode == 0 and f"at step {step}" in resumed.stderr, resumed.stderr[-3000:]
     assert_same_run(runs.base / "Hopper-v5" / "runs" / "r", run_dir)
@@ -128,15 +104,15 @@ def test_kill_9_then_the_same_resume_auto_command_ends_bitwise_like_the_uninterr
     """Killed after the checkpoint at MID, once its TensorBoard events went past it: the same command continues
     from MID, and TensorBoard shows exactly the uninterrupted curves (the killed points after MID hidden)."""
     run_dir = tmp_path / "runs" / "r"
-    proc = start(tmp_path, *runs.pendulum)
-    wait_until(lambda: latest_name(run_dir) == step_name(MID), proc, "checkpoint at MID")
+    proc = h.start(tmp_path, *runs.pendulum)
+    wait_until(lambda: h.latest_name(run_dir) == h.step_name(MID), proc, "checkpoint at MID")
     events = lambda: sum(p.stat().st_size for p in run_dir.glob("events.out.tfevents.*"))  # noqa: E731
     size = events()
     wait_until(lambda: events() > size + 2000, proc, "events after the checkpoint")
     proc.kill()
     proc.wait()
-    assert max(s for s, _ in scalars(run_dir)["losses/qf_loss"]) > MID, "precondition: points past the checkpoint"
-    res = ok(run_script(tmp_path, *runs.pendulum))
+    assert max(s for s, _ in h.scalars(run_dir)["losses/qf_loss"]) > MID, "precondition: points past the checkpoint"
+    res = h.ok(h.run_script(tmp_path, *runs.pendulum))
     assert f"at step {MID}" in res.err
     assert_same_run(runs.base / "Pendulum-v1" / "runs" / "r", run_dir)
 
@@ -160,14 +136,13 @@ sac.main()
 def test_second_ctrl_c_exits_130_at_once(tmp_path):
     """The first SIGINT asks for a checkpoint after this step; a second one while the step still runs: exit 130."""
     (tmp_path / "hold.py").write_text(HOLD_UPDATE)
-    proc = start(
-        tmp_path, *SMALL, "--total-timesteps", 1000, "--checkpoint-frequency", 500, script=tmp_path / "hold.py"
-    )
+    flags = [*h.SMALL, "--total-timesteps", 1000, "--checkpoint-frequency", 500]
+    proc = h.start(tmp_path, *flags, script=tmp_path / "hold.py")
     wait_until(lambda: (tmp_path / "in_update").exists(), proc, "held update")
     proc.send_signal(signal.SIGINT)
     time.sleep(1)  # the handler runs at once: the main thread sleeps in Python
     proc.send_signal(signal.SIGINT)
-    res = finish(proc, timeout=60)
+    res = h.finish(proc, timeout=60)
     assert res.code == sac.EXIT_ABORTED == 130 and "Traceback" not in res.err, res.err
     assert not (tmp_path / "runs" / "r" / "checkpoints").exists()
 
@@ -177,10 +152,8 @@ def small_buffer(step: int) -> sac.ReplayBuffer:
     rb, g = sac.ReplayBuffer(64, 1, 3, 1, seed=0), np.random.default_rng(step)
     rb.start(g.standard_normal((1, 3), dtype=np.float32))
     for _ in range(100):
-        obs, done = g.standard_normal((1, 3), dtype=np.float32), g.random(1) < 0.1
-        rb.add(
-            g.standard_normal((1, 1), dtype=np.float32), g.standard_normal(1).astype(np.float32), done, obs, done, obs
-        )
+        (obs, action), done = g.standard_normal((2, 1, 3), dtype=np.float32), g.random(1) < 0.1
+        rb.add(action[:, :1], action[0, :1], done, obs, done, obs)
     return rb
 
 
@@ -192,10 +165,10 @@ def save(run_dir: Path, step: int) -> None:
 def loadable(run_dir: Path) -> int:
     """The checkpoint a resume finds is complete: its own weights and buffer, every file whole."""
     ckpt = sac.find_checkpoint(run_dir)
-    step = load_state(ckpt)["global_step"]
-    assert ckpt.name == step_name(step) and torch.equal(load_state(ckpt)["weights"], torch.full((1000,), float(step)))
-    rb = small_buffer(step)
-    assert all(np.array_equal(a, getattr(rb, name)) for name, a in load_buffer(ckpt).items())
+    state = h.load_state(ckpt)
+    step, rb = state["global_step"], small_buffer(state["global_step"])
+    assert ckpt.name == h.step_name(step) and torch.equal(state["weights"], torch.full((1000,), float(step)))
+    assert all(np.array_equal(a, getattr(rb, name)) for name, a in h.load_buffer(ckpt).items())
     return step
 
 
@@ -204,21 +177,21 @@ def test_a_crash_at_every_file_operation_of_a_checkpoint_write_leaves_a_loadable
     Each time a resume finds 100 or 200 whole; clear_leftovers (what a run does at start) leaves only that one,
     and the next write works."""
     save(tmp_path / "count", 100)
-    with crash_at(None, str(tmp_path / "count")) as ops:
+    with h.crash_at(None, str(tmp_path / "count")) as ops:
         save(tmp_path / "count", 200)
     assert ops.count >= 8
     for k in range(1, ops.count + 1):
         run_dir = tmp_path / f"crash_{k}"
         save(run_dir, 100)
-        with crash_at(k, str(run_dir)), pytest.raises(Crash):
+        with h.crash_at(k, str(run_dir)), pytest.raises(h.Crash):
             save(run_dir, 200)
         step = loadable(run_dir)
         assert step in (100, 200), k
         sac.clear_leftovers(run_dir, None)
-        assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["latest", step_name(step)], k
-        assert not temporaries(run_dir) and loadable(run_dir) == step
+        assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["latest", h.step_name(step)], k
+        assert not h.temporaries(run_dir) and loadable(run_dir) == step
         save(run_dir, 300)
-        assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["latest", step_name(300)], k
+        assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["latest", h.step_name(300)], k
         assert loadable(run_dir) == 300
 
 
@@ -229,7 +202,7 @@ class Evil:
 
 def evil_mjdata(ckpt: Path) -> None:
     """Replace the pickled MjData (wherever the state keeps it) by a pickle that runs a command."""
-    state, found = load_state(ckpt), []
+    state, found = h.load_state(ckpt), []
 
     def walk(node):
         for key, value in node.items() if isinstance(node, dict) else enumerate(node):
@@ -276,12 +249,12 @@ def test_a_damaged_or_foreign_checkpoint_is_refused_in_one_line(runs, tmp_path, 
     run_dir = tmp_path / "runs" / "r"
     shutil.copytree(runs.base / "Hopper-v5" / "runs" / "r", run_dir)
     damage, target = DAMAGE[case]
-    damage(latest_ckpt(run_dir))
-    target = latest_ckpt(run_dir) if target == "ckpt" else run_dir / target
-    before = tree(tmp_path)
+    damage(h.latest_ckpt(run_dir))
+    target = h.latest_ckpt(run_dir) if target == "ckpt" else run_dir / target
+    before = h.tree(tmp_path)
     flags = ["--resume", target, "--device", "cpu", "--total-timesteps", TOTAL + 100, "--eval-episodes", 1]
-    refusal((run_script if case == "MjData runs code" else main_in)(tmp_path, *flags))
-    assert {k: v for k, v in tree(tmp_path).items() if not k.startswith("std")} == before
+    h.error_line((h.run_script if case == "MjData runs code" else h.main_in)(tmp_path, *flags))
+    assert {k: v for k, v in h.tree(tmp_path).items() if not k.startswith("std")} == before
     assert not (tmp_path / "PWNED").exists()
 
 
@@ -289,9 +262,10 @@ def test_a_damaged_or_foreign_checkpoint_is_refused_in_one_line(runs, tmp_path, 
 def test_a_flag_that_conflicts_with_the_checkpoint_is_refused(runs, tmp_path, flag, value, saved):
     run_dir = tmp_path / "r"
     shutil.copytree(runs.mid, run_dir)
-    before = tree(tmp_path)
-    refusal(main_in(tmp_path, "--resume", run_dir, "--total-timesteps", TOTAL, flag, value), flag, str(value), saved)
-    assert tree(tmp_path) == before
+    before = h.tree(tmp_path)
+    res = h.main_in(tmp_path, "--resume", run_dir, "--total-timesteps", TOTAL, flag, value)
+    h.error_line(res, flag, value, saved)
+    assert h.tree(tmp_path) == before
 
 
 NAN_AFTER_75_UPDATES = """
@@ -307,49 +281,33 @@ sac.SAC.critic_loss = critic_loss
 sys.argv[0] = sac.__file__
 sac.main()
 """
-NAN_CASES = {  # which check notices: (flags, the step it stops at, the checkpoints left, model.pt's step)
-    "logged loss": (["--log-frequency", 10, "--checkpoint-frequency", 100, "--eval-frequency", 0], 130, [100], None),
-    "weights at a checkpoint": (
-        ["--log-frequency", 10**6, "--checkpoint-frequency", 100, "--eval-frequency", 0],
-        200,
-        [100],
-        None,
-    ),
-    "weights at the evaluation": (
-        ["--log-frequency", 10**6, "--checkpoint-frequency", 0, "--eval-frequency", 100, "--total-timesteps", 150],
-        150,
-        [],
-        100,
-    ),
+CKPT_100, NO_EVAL, QUIET = ["--checkpoint-frequency", 100], ["--eval-frequency", 0], ["--log-frequency", 10**6]
+ONLY_EVAL_100 = ["--checkpoint-frequency", 0, "--eval-frequency", 100]
+NAN_CASES = {  # which check notices: (flags, the step it stops at, checkpoint 100 kept, the model files' step)
+    "logged loss": ([*CKPT_100, *NO_EVAL, "--log-frequency", 10], 130, True, None),
+    "weights at a checkpoint": ([*CKPT_100, *NO_EVAL, *QUIET], 200, True, None),
+    "weights at the evaluation": ([*QUIET, *ONLY_EVAL_100, "--total-timesteps", 150], 150, False, 100),
 }
 
 
 def test_nan_stops_the_run_with_exit_3_keeping_the_last_good_checkpoint_and_models(tmp_path):
     (tmp_path / "nan.py").write_text(NAN_AFTER_75_UPDATES)
+    flags = [*h.SMALL, "--total-timesteps", 400]
     procs = {
-        c: start(tmp_path / str(i), *SMALL, "--total-timesteps", 400, *NAN_CASES[c][0], script=tmp_path / "nan.py")
+        c: h.start(tmp_path / str(i), *flags, *NAN_CASES[c][0], script=tmp_path / "nan.py")
         for i, c in enumerate(NAN_CASES)
     }
     for i, (case, proc) in enumerate(procs.items()):
-        _, step, checkpoints, model_step = NAN_CASES[case]
-        error_line(finish(proc), "diverged", f"at step {step}", code=sac.EXIT_DIVERGED)
+        _, step, checkpoint, model_step = NAN_CASES[case]
+        h.error_line(h.finish(proc), "diverged", f"at step {step}", code=sac.EXIT_DIVERGED)
         run_dir = tmp_path / str(i) / "runs" / "r"
-        if checkpoints:
-            assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["latest", step_name(100)], case
-            assert finite(load_state(latest_ckpt(run_dir))), case
+        if checkpoint:
+            assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["latest", h.step_name(100)], case
+            assert finite(h.load_state(h.latest_ckpt(run_dir))), case
         for name in ("model.pt", "best_model.pt") if model_step else ():
             model = torch.load(run_dir / name, weights_only=True)
             assert model["global_step"] == model_step and all(torch.isfinite(t).all() for t in model["actor"].values())
     # the kept checkpoint resumes (without the NaN) and finishes
-    ok(
-        main_in(
-            tmp_path / "1",
-            *SMALL,
-            *NAN_CASES["weights at a checkpoint"][0],
-            "--resume",
-            "auto",
-            "--total-timesteps",
-            150,
-        )
-    )
-    assert latest_name(tmp_path / "1" / "runs" / "r") == step_name(150)
+    flags = [*h.SMALL, *NAN_CASES["weights at a checkpoint"][0], "--resume", "auto", "--total-timesteps", 150]
+    h.ok(h.main_in(tmp_path / "1", *flags))
+    assert h.latest_name(tmp_path / "1" / "runs" / "r") == h.step_name(150)

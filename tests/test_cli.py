@@ -11,20 +11,12 @@ import sys
 import numpy as np
 import pytest
 import torch
-from conftest import SCRIPT, main_in, ok, refusal, run_script, tree
+from conftest import SCRIPT, error_line, main_in, ok, run_script, tree
 
-FAST = {  # a complete, tiny Pendulum-v1 run: each bad case changes one thing in it
-    "--env-id": "Pendulum-v1",
-    "--total-timesteps": 50,
-    "--learning-starts": 10,
-    "--batch-size": 8,
-    "--buffer-size": 100,
-    "--eval-episodes": 1,
-    "--checkpoint-frequency": 0,
-    "--device": "cpu",
-    "--output-dir": "out",
-    "--run-name": "r",
-}
+# a complete, tiny Pendulum-v1 run: each bad case changes one thing in it
+FAST = {"--env-id": "Pendulum-v1", "--total-timesteps": 50, "--learning-starts": 10, "--batch-size": 8}
+FAST |= {"--buffer-size": 100, "--eval-episodes": 1, "--checkpoint-frequency": 0, "--device": "cpu"}
+FAST |= {"--output-dir": "out", "--run-name": "r"}
 
 
 def flags(**changes) -> list:
@@ -122,14 +114,14 @@ def test_bad_input_is_refused_in_one_line_and_nothing_is_written(tmp_path, monke
         monkeypatch.setenv(name, value)
     changes, words = BAD[case]
     before = tree(tmp_path)
-    refusal(main_in(tmp_path, *flags(**changes)), *words)
+    error_line(main_in(tmp_path, *flags(**changes)), *words)
     assert tree(tmp_path) == before
 
 
 def test_a_bad_pickle_header_is_one_line_in_a_real_process(tmp_path):
     """A pickle PROTO opcode with an unknown protocol: torch also prints a warning, which must not show."""
     (tmp_path / "model.pt").write_bytes(b"\x80\xb3" + bytes(range(256)) * 16)
-    refusal(run_script(tmp_path, *flags(eval_checkpoint="model.pt")), "model.pt")
+    error_line(run_script(tmp_path, *flags(eval_checkpoint="model.pt")), "model.pt")
 
 
 FAKE_TRITON = """import json, os, sys

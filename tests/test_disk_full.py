@@ -11,28 +11,23 @@ import subprocess
 from pathlib import Path
 from types import SimpleNamespace
 
+import conftest as h
 import pytest
-from conftest import (
-    SMALL,
-    Crash,
-    assert_same_checkpoint,
-    assert_same_models,
-    crash_at,
-    error_line,
-    latest_ckpt,
-    latest_name,
-    main_in,
-    ok,
-    scalars,
-    step_name,
-    temporaries,
-    tree,
-)
 
 import sac_continuous as sac
 
 TOTAL, EVERY = 150, 60  # checkpoints and evaluations at 60 (the first), 120 (a later one) and 150 (the end)
-FLAGS = [*SMALL, "--checkpoint-frequency", EVERY, "--eval-frequency", EVERY, "--log-frequency", 10, "--resume", "auto"]
+FLAGS = [
+    *h.SMALL,
+    "--checkpoint-frequency",
+    EVERY,
+    "--eval-frequency",
+    EVERY,
+    "--log-frequency",
+    10,
+    "--resume",
+    "auto",
+]
 FLAGS += ["--total-timesteps", TOTAL]
 
 
@@ -40,21 +35,21 @@ FLAGS += ["--total-timesteps", TOTAL]
 def reference(tmp_path_factory) -> Path:
     """The uninterrupted run."""
     cwd = tmp_path_factory.mktemp("reference")
-    ok(main_in(cwd, *FLAGS))
+    h.ok(h.main_in(cwd, *FLAGS))
     return cwd / "runs" / "r"
 
 
 def intact(run_dir: Path) -> dict:
     """The bytes of `latest`, the checkpoint it names, model.pt, best_model.pt and args.json."""
-    keep = ["model.pt", "best_model.pt", "args.json", "checkpoints/latest", f"checkpoints/{latest_name(run_dir)}"]
-    return {k: v for k, v in tree(run_dir).items() if any(k == p or k.startswith(p + "/") for p in keep)}
+    keep = ["model.pt", "best_model.pt", "args.json", "checkpoints/latest", f"checkpoints/{h.latest_name(run_dir)}"]
+    return {k: v for k, v in h.tree(run_dir).items() if any(k == p or k.startswith(p + "/") for p in keep)}
 
 
 def assert_resume_finishes_like(reference: Path, cwd: Path) -> None:
-    ok(main_in(cwd, *FLAGS))
-    assert not temporaries(cwd / "runs" / "r")
-    assert_same_checkpoint(latest_ckpt(reference), latest_ckpt(cwd / "runs" / "r"))
-    assert_same_models(reference, cwd / "runs" / "r")
+    h.ok(h.main_in(cwd, *FLAGS))
+    assert not h.temporaries(cwd / "runs" / "r")
+    h.assert_same_checkpoint(h.latest_ckpt(reference), h.latest_ckpt(cwd / "runs" / "r"))
+    h.assert_same_models(reference, cwd / "runs" / "r")
 
 
 def fail_write(monkeypatch, name: str, nth: int, code: int, run_dir: Path) -> SimpleNamespace:
@@ -93,17 +88,17 @@ def test_a_failed_write_exits_74_in_one_line_and_resume_auto_finishes(reference,
     run_dir = tmp_path / "runs" / "r"
     with monkeypatch.context() as m:
         fault = fail_write(m, name, nth, code, run_dir)
-        res = main_in(tmp_path, *FLAGS)
+        res = h.main_in(tmp_path, *FLAGS)
     assert fault.before is not None, f"no {nth}. write of {name}"
-    line = error_line(res, "cannot write ", f"({os.strerror(code)})", f"at step {step}", code=sac.EXIT_IO_ERROR)
-    assert "runs/r" in line and (name in line or step_name(step) in line), line
-    assert not temporaries(run_dir) and intact(run_dir) == fault.before
-    assert all(s <= step for points in scalars(run_dir).values() for s, _ in points), "trained past the failure"
-    if latest_name(run_dir):
-        assert f"the last checkpoint runs/r/checkpoints/{latest_name(run_dir)} is intact" in line, line
+    line = h.error_line(res, "cannot write ", f"({os.strerror(code)})", f"at step {step}", code=sac.EXIT_IO_ERROR)
+    assert "runs/r" in line and (name in line or h.step_name(step) in line), line
+    assert not h.temporaries(run_dir) and intact(run_dir) == fault.before
+    assert all(s <= step for points in h.scalars(run_dir).values() for s, _ in points), "trained past the failure"
+    if h.latest_name(run_dir):
+        assert f"the last checkpoint runs/r/checkpoints/{h.latest_name(run_dir)} is intact" in line, line
         if name in ("obs.npy", "state.pt", "latest"):  # a failed checkpoint: the one before it stays `latest`
-            assert latest_name(run_dir) == step_name(step - EVERY)
-            assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["latest", step_name(step - EVERY)]
+            assert h.latest_name(run_dir) == h.step_name(step - EVERY)
+            assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["latest", h.step_name(step - EVERY)]
     else:
         assert "no checkpoint was written yet" in line, line
     assert "python sac_continuous.py" in line and "--resume" in line, line
@@ -118,17 +113,17 @@ def test_a_failed_event_write_exits_74_in_one_line_and_resume_auto_finishes(refe
     run_dir, original, fault = tmp_path / "runs" / "r", gfile.LocalFileSystem.append, SimpleNamespace(before=None)
 
     def append(self, filename, *args, **kwargs):
-        if fault.before is None and latest_name(run_dir) == step_name(EVERY):
+        if fault.before is None and h.latest_name(run_dir) == h.step_name(EVERY):
             fault.before = intact(run_dir)
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
         return original(self, filename, *args, **kwargs)
 
     with monkeypatch.context() as m:
         m.setattr(gfile.LocalFileSystem, "append", append)
-        res = main_in(tmp_path, *FLAGS)
-    line = error_line(res, "runs/r/events.out.tfevents", "(No space left on device)", code=sac.EXIT_IO_ERROR)
+        res = h.main_in(tmp_path, *FLAGS)
+    line = h.error_line(res, "runs/r/events.out.tfevents", "(No space left on device)", code=sac.EXIT_IO_ERROR)
     assert EVERY < int(re.search(r"at step (\d+)", line)[1]) <= 2 * EVERY, line
-    assert "Exception in thread" not in res.err and not temporaries(run_dir) and intact(run_dir) == fault.before
+    assert "Exception in thread" not in res.err and not h.temporaries(run_dir) and intact(run_dir) == fault.before
     assert_resume_finishes_like(reference, tmp_path)
 
 
@@ -137,23 +132,23 @@ def test_leftovers_of_a_process_that_died_mid_checkpoint_are_cleared_at_start(re
     """Dying at the first operation on `under` of checkpoint 120 (amid its buffer files; or with it renamed into
     place and `latest` not yet switched) leaves a partial or orphan checkpoint; the same command clears it away
     and finishes exactly."""
-    with crash_at(None, under) as ops:  # how many operations on `under` one checkpoint makes
-        ok(main_in(tmp_path / "count", *FLAGS[:-1], EVERY))
+    with h.crash_at(None, under) as ops:  # how many operations on `under` one checkpoint makes
+        h.ok(h.main_in(tmp_path / "count", *FLAGS[:-1], EVERY))
     run_dir = tmp_path / "runs" / "r"
-    with crash_at(ops.count + 1, under), pytest.raises(Crash):
-        main_in(tmp_path, *FLAGS)
-    assert latest_name(run_dir) == step_name(EVERY)
-    assert temporaries(run_dir) or len(list((run_dir / "checkpoints").iterdir())) > 2, "precondition: leftovers"
+    with h.crash_at(ops.count + 1, under), pytest.raises(h.Crash):
+        h.main_in(tmp_path, *FLAGS)
+    assert h.latest_name(run_dir) == h.step_name(EVERY)
+    assert h.temporaries(run_dir) or len(list((run_dir / "checkpoints").iterdir())) > 2, "precondition: leftovers"
     original, seen = sac.write_file, []
 
     def write_file(path, write):  # the resumed run's first write finds the leftovers gone already
-        seen.append(seen or (sorted(p.name for p in (run_dir / "checkpoints").iterdir()), temporaries(run_dir)))
+        seen.append(seen or (sorted(p.name for p in (run_dir / "checkpoints").iterdir()), h.temporaries(run_dir)))
         return original(path, write)
 
     monkeypatch.setattr(sac, "write_file", write_file)
     assert_resume_finishes_like(reference, tmp_path)
-    assert seen[0] == (["latest", step_name(EVERY)], [])
-    assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["latest", step_name(TOTAL)]
+    assert seen[0] == (["latest", h.step_name(EVERY)], [])
+    assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["latest", h.step_name(TOTAL)]
 
 
 @pytest.fixture
@@ -180,10 +175,10 @@ def test_a_real_full_tmpfs_at_the_first_and_a_later_checkpoint(tmpfs):
     """2 MB: the first checkpoint (about 3 MB) does not fit; 6 MB: the second does not fit next to the first and
     the model files. With room made (remounted larger), the same command finishes the run."""
     flags = [*FLAGS[:-1], 200, "--checkpoint-frequency", 100, "--eval-frequency", 0, "--learning-starts", 90]
-    for size, last in (("2m", None), ("6m", step_name(100))):
+    for size, last in (("2m", None), ("6m", h.step_name(100))):
         cwd = tmpfs(size)
-        error_line(main_in(cwd, *flags), "(No space left on device)", code=sac.EXIT_IO_ERROR)
-        assert not temporaries(cwd / "runs" / "r") and latest_name(cwd / "runs" / "r") == last
+        h.error_line(h.main_in(cwd, *flags), "(No space left on device)", code=sac.EXIT_IO_ERROR)
+        assert not h.temporaries(cwd / "runs" / "r") and h.latest_name(cwd / "runs" / "r") == last
     subprocess.run(["mount", "-o", "remount,size=64m", str(cwd)], check=True)
-    assert "at step 100" in ok(main_in(cwd, *flags)).err
-    assert sorted(p.name for p in (cwd / "runs" / "r" / "checkpoints").iterdir()) == ["latest", step_name(200)]
+    assert "at step 100" in h.ok(h.main_in(cwd, *flags)).err
+    assert sorted(p.name for p in (cwd / "runs" / "r" / "checkpoints").iterdir()) == ["latest", h.step_name(200)]

@@ -10,7 +10,7 @@ import shutil
 import pytest
 import torch
 import torch._inductor.config as inductor_config
-from conftest import SMALL, main_in, make_agent, make_batch, ok, refusal
+from conftest import SMALL, error_line, main_in, make_agent, make_batch, ok
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
@@ -81,4 +81,4 @@ def test_compile_on_cuda_without_triton_is_refused(tmp_path, monkeypatch):
 
     find_spec = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "triton" else find_spec(name, *a))
-    refusal(main_in(tmp_path, *SMALL, "--device", "cuda", "--compile", "--total-timesteps", 100), "triton")
+    error_line(main_in(tmp_path, *SMALL, "--device", "cuda", "--compile", "--total-timesteps", 100), "triton")
