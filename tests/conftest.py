@@ -1,6 +1,5 @@
-"""Shared helpers: run the script (a subprocess, or main() in this process), read what it wrote, and compare
-two checkpoints bit for bit. One OpenMP thread everywhere: the machine may be shared, and one thread is as
-fast for these small networks (and gives the same arithmetic in every run)."""
+"""Shared helpers: run the script (a subprocess, or main() in-process), read what it wrote, compare checkpoints bit
+for bit. One OpenMP thread everywhere: as fast for these small networks, and fair to a shared machine."""
 
 from __future__ import annotations
 
@@ -69,19 +68,17 @@ def run_script(cwd: Path, *flags: str, **kw) -> SimpleNamespace:
 def main_in(cwd: Path, *flags: str) -> SimpleNamespace:
     """sac_continuous.main() in this process (no interpreter start, no imports: seconds faster), in cwd."""
     cwd.mkdir(parents=True, exist_ok=True)
-    old_cwd, argv, threads = os.getcwd(), sys.argv, torch.get_num_threads()
+    old_cwd, argv = os.getcwd(), sys.argv
     handlers = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
     out, err = io.StringIO(), io.StringIO()
     os.chdir(cwd)
     sys.argv = [str(SCRIPT), *map(str, flags)]
-    torch.set_num_threads(1)
     try:
         with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err), pytest.raises(SystemExit) as exit_info:
             sac.main()
     finally:
         os.chdir(old_cwd)
         sys.argv = argv
-        torch.set_num_threads(threads)
         for s, h in handlers.items():
             signal.signal(s, h)
     return SimpleNamespace(code=exit_info.value.code, out=out.getvalue(), err=err.getvalue())
@@ -274,11 +271,3 @@ def make_batch(n: int = 32, seed: int = 0) -> tuple[np.ndarray, ...]:
         g.random(n) < 0.3,
         next_obs,
     )
-
-
-@pytest.fixture
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)

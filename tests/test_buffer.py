@@ -49,7 +49,7 @@ def check(batch, lengths):
     + [(50, 1, n, 400) for n in (3, 24, 49, 50, 51, 1000)],
 )
 def test_stored_and_sampled_transitions_are_the_newest_real_steps(capacity, num_envs, episode_len, steps):
-    rb = sac.ReplayBuffer(capacity, num_envs, 2, 1, seed=0)
+    rb, slots = sac.ReplayBuffer(capacity, num_envs, 2, 1, seed=0), capacity // num_envs
     lengths = fill(rb, steps, episode_len, num_envs)
     e, k = np.nonzero(rb.valid)  # the documented layout: slot k starts (obs[k], action[k], ..., obs[k + 1])
     stored = (
@@ -57,14 +57,12 @@ def test_stored_and_sampled_transitions_are_the_newest_real_steps(capacity, num_
         rb.actions[e, k],
         rb.rewards[e, k],
         rb.terminations[e, k],
-        rb.obs[e, (k + 1) % (capacity // num_envs)],
+        rb.obs[e, (k + 1) % slots],
     )
     check(stored, lengths)
     for env in range(num_envs):  # each env's newest steps are all there, consecutively, each once
         kept = sorted(stored[1][e == env, 0])
-        assert kept == list(range(steps - len(kept) + 1, steps + 1)) and len(kept) >= 0.6 * min(
-            steps, capacity // num_envs
-        )
+        assert kept == list(range(steps - len(kept) + 1, steps + 1)) and len(kept) >= 0.6 * min(steps, slots)
     sampled = rb.sample(20 * len(e))
     check(sampled, lengths)
     assert set(zip(sampled[0][:, 0], sampled[1][:, 0])) == set(zip(stored[0][:, 0], stored[1][:, 0]))
@@ -85,36 +83,9 @@ def buffers(tmp_path_factory):
     """The checkpointed buffers of two random-action runs: Pendulum-v1 in 2 envs (seed 3), Hopper-v5."""
     cwd = tmp_path_factory.mktemp("buffers")
     flags = ["--learning-starts", "1000", "--buffer-size", "1000", "--eval-episodes", "1", "--device", "cpu"]
-    procs = [
-        start(
-            cwd,
-            "--env-id",
-            "Pendulum-v1",
-            "--num-envs",
-            2,
-            "--total-timesteps",
-            500,
-            "--seed",
-            3,
-            "--run-name",
-            "p",
-            "--checkpoint-frequency",
-            500,
-            *flags,
-        ),
-        start(
-            cwd,
-            "--env-id",
-            "Hopper-v5",
-            "--total-timesteps",
-            400,
-            "--checkpoint-frequency",
-            400,
-            "--run-name",
-            "h",
-            *flags,
-        ),
-    ]
+    pendulum = ["--env-id", "Pendulum-v1", "--num-envs", 2, "--total-timesteps", 500, "--seed", 3, "--run-name", "p"]
+    hopper = ["--env-id", "Hopper-v5", "--total-timesteps", 400, "--run-name", "h"]
+    procs = [start(cwd, *pendulum, "--checkpoint-frequency", 500, *flags), start(cwd, *hopper, *flags)]
     for proc in procs:
         ok(finish(proc))
     return {name: load_buffer(latest_ckpt(cwd / "runs" / name)) for name in ("p", "h")}

@@ -1,8 +1,6 @@
-"""Checkpoints and resuming. Exact resume: a run stopped at a checkpoint (finished, SIGTERM, kill -9) and resumed
-ends with every tensor of its final checkpoint, every buffer byte, its model files and its TensorBoard curves equal
-to an uninterrupted run's (Pendulum-v1, and Hopper-v5 whose whole MjData is restored). A crash at every file
-operation of a checkpoint write leaves a loadable checkpoint. Damaged or foreign checkpoints and conflicting flags
-are refused in one line with nothing written; NaN/Inf stops the run (exit 3) with the last good files intact."""
+"""Checkpoints: a run stopped (finished, SIGTERM, kill -9) and resumed ends bit for bit like an uninterrupted one
+(Pendulum-v1; Hopper-v5 with its MjData); a crash at any file operation of a checkpoint write leaves a loadable one;
+damaged checkpoints and conflicting flags are refused in one line; NaN/Inf exits 3 with the last good files intact."""
 
 import os
 import pickle

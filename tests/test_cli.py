@@ -56,23 +56,19 @@ def hopper_model(tmp_path_factory):
     return cwd / "out" / "r" / "model.pt"
 
 
-def prepare(case: str, root, hopper_model) -> dict:
-    """The files a case needs, and its environment variables."""
-    if case.startswith("eval checkpoint is a directory"):
-        for name in ("model.pt", "best_model.pt"):
-            (root / "models").mkdir(exist_ok=True)
-            (root / "models" / name).write_bytes(hopper_model.read_bytes())
+def prepare(root, hopper_model, case: str) -> None:
+    (root / "models").mkdir()
+    for name in ("models/model.pt", "models/best_model.pt", "hopper.pt"):
+        (root / name).write_bytes(hopper_model.read_bytes())
     (root / "file").write_text("a file, not a directory")
     (root / "garbage.pt").write_bytes(np.random.default_rng(0).bytes(4096))
-    (root / "hopper.pt").write_bytes(hopper_model.read_bytes())
     if case == "existing run directory":
         (root / "out" / "r").mkdir(parents=True)
         (root / "out" / "r" / "model.pt").write_text("precious")
-    return {"compile without a compiler": {"CXX": "no-such-compiler"}}.get(case, {}) | (
-        {"SAC_COMMAND": "docker run -v $PWD:/work sac"} if "container" in case else {}
-    )
 
 
+ENVIRONMENT = {"compile without a compiler": ("CXX", "no-such-compiler")}
+ENVIRONMENT["unwritable output dir in the container"] = ("SAC_COMMAND", "docker run -v $PWD:/work sac")
 BAD = {  # case: (changes to FAST, what the line must name)
     "unknown env": (dict(env_id="NotAnEnv-v0"), ["NotAnEnv-v0"]),
     "discrete env": (dict(env_id="CartPole-v1"), ["CartPole-v1", "Discrete"]),
@@ -110,8 +106,9 @@ BAD = {  # case: (changes to FAST, what the line must name)
 def test_bad_input_is_refused_in_one_line_and_nothing_is_written(tmp_path, monkeypatch, hopper_model, case):
     if case == "cuda without CUDA" and torch.cuda.is_available():
         pytest.skip("CUDA is available here")
-    for name, value in prepare(case, tmp_path, hopper_model).items():
-        monkeypatch.setenv(name, value)
+    prepare(tmp_path, hopper_model, case)
+    if case in ENVIRONMENT:
+        monkeypatch.setenv(*ENVIRONMENT[case])
     changes, words = BAD[case]
     before = tree(tmp_path)
     error_line(main_in(tmp_path, *flags(**changes)), *words)

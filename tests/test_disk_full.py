@@ -1,8 +1,7 @@
-"""A failed write (disk full, quota, I/O error) of a checkpoint file, a model file, args.json or a TensorBoard event
-(videos: test_video.py): exit 74 with one line naming the path, the reason, the step, the last intact checkpoint and
-the resume command; temporary files removed; the last checkpoint and model files untouched; no training past a failed
-checkpoint; then the same `--resume auto` command ends bit for bit like an uninterrupted run. Leftovers of a process
-that died mid-checkpoint are cleared at the next start. As root, a real full tmpfs too. Runs call main() in-process."""
+"""A failed write of a checkpoint, model file, args.json or TensorBoard event (videos: test_video.py): exit 74, one
+line (path, reason, step, last intact checkpoint, resume command), no temporary files, the last checkpoint and model
+files untouched, no training past it; then `--resume auto` ends bit for bit like an uninterrupted run. A crashed
+process's leftovers are cleared at the next start; as root, a real full tmpfs. Runs call main() in-process."""
 
 import errno
 import os
@@ -17,18 +16,8 @@ import pytest
 import sac_continuous as sac
 
 TOTAL, EVERY = 150, 60  # checkpoints and evaluations at 60 (the first), 120 (a later one) and 150 (the end)
-FLAGS = [
-    *h.SMALL,
-    "--checkpoint-frequency",
-    EVERY,
-    "--eval-frequency",
-    EVERY,
-    "--log-frequency",
-    10,
-    "--resume",
-    "auto",
-]
-FLAGS += ["--total-timesteps", TOTAL]
+FLAGS = [*h.SMALL, "--checkpoint-frequency", EVERY, "--eval-frequency", EVERY, "--log-frequency", 10]
+FLAGS += ["--resume", "auto", "--total-timesteps", TOTAL]
 
 
 @pytest.fixture(scope="module")

@@ -1,7 +1,5 @@
-"""--compile and --cudagraphs compute what the plain path computes. Inductor's random numbers normally come from its
-own generator; here it calls torch's (fallback_random), so compiled and eager draw the same noise and must agree to
-float rounding. Compiling on the CPU takes about half a minute: one module-scoped pair of agents. CUDA: skipped
-without a CUDA device."""
+"""--compile and --cudagraphs compute what the plain path computes: with fallback_random, Inductor draws torch's
+random numbers, so compiled and eager agree to float rounding. The CUDA tests skip without a CUDA device."""
 
 import copy
 import os
@@ -12,7 +10,6 @@ import torch
 import torch._inductor.config as inductor_config
 from conftest import SMALL, error_line, main_in, make_agent, make_batch, ok
 
-pytestmark = pytest.mark.usefixtures("one_thread")
 CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 TOL = dict(rtol=1e-5, atol=1e-6)
 

@@ -9,8 +9,6 @@ from torch.distributions.transforms import AffineTransform, TanhTransform
 
 import sac_continuous as sac
 
-pytestmark = pytest.mark.usefixtures("one_thread")
-
 LOW = np.array([-2.0, -1.0, 0.0], dtype=np.float32)
 HIGH = np.array([2.0, 3.0, 1.0], dtype=np.float32)  # asymmetric: scale (2, 2, 0.5) and bias (0, 1, 0.5) both matter
 SCALE, BIAS = torch.as_tensor((HIGH - LOW) / 2), torch.as_tensor((HIGH + LOW) / 2)

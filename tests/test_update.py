@@ -9,8 +9,6 @@ import torch
 import torch.nn.functional as F
 from conftest import ACT_DIM, OBS_DIM, make_agent, make_batch
 
-pytestmark = pytest.mark.usefixtures("one_thread")
-
 
 def params(*modules):
     return [p.detach().clone() for m in modules for p in m.parameters()]

@@ -1,6 +1,5 @@
-"""--capture-video: a short InvertedPendulum-v5 run and --eval-checkpoint of its model record MP4s whose frames are
-the evaluated episode; a failed video write exits 74 in one line; without MuJoCo's OpenGL library, or pygame for a
-classic-control env, the script refuses in one line before writing anything."""
+"""--capture-video: training and --eval-checkpoint record MP4s of the evaluated episode; a failed video write exits 74;
+without MuJoCo's OpenGL library, or pygame for a classic-control env, a one-line refusal before anything is written."""
 
 import importlib.util
 import os
