@@ -94,6 +94,7 @@ def test_a_failed_write_exits_74_in_one_line_and_resume_auto_finishes(reference,
     assert_resume_finishes_like(reference, tmp_path)
 
 
+@pytest.mark.filterwarnings("error::pytest.PytestUnhandledThreadExceptionWarning")  # the writer thread's traceback
 def test_a_failed_event_write_exits_74_in_one_line_and_resume_auto_finishes(reference, tmp_path, monkeypatch):
     """TensorBoard writes from a thread and raises a failed write at a later call: the run stops by the next
     checkpoint at the latest, quietly (no thread traceback), with the checkpoint before it intact."""
@@ -112,7 +113,7 @@ def test_a_failed_event_write_exits_74_in_one_line_and_resume_auto_finishes(refe
         res = h.main_in(tmp_path, *FLAGS)
     line = h.error_line(res, "runs/r/events.out.tfevents", "(No space left on device)", code=sac.EXIT_IO_ERROR)
     assert EVERY < int(re.search(r"at step (\d+)", line)[1]) <= 2 * EVERY, line
-    assert "Exception in thread" not in res.err and not h.temporaries(run_dir) and intact(run_dir) == fault.before
+    assert not h.temporaries(run_dir) and intact(run_dir) == fault.before
     assert_resume_finishes_like(reference, tmp_path)
 
 
