@@ -231,6 +231,11 @@ DAMAGE = {  # case: (damage the checkpoint, what --resume names relative to the 
     "state.pt cut in half": (lambda c: cut(c / "state.pt", lambda n: n // 2), "."),
     "state.pt of another program": (lambda c: torch.save({"a": 1}, c / "state.pt"), "."),
     "state.pt runs code": (lambda c: torch.save({"x": Evil()}, c / "state.pt"), "."),
+    "state.pt a list": (lambda c: torch.save([1, 2], c / "state.pt"), "."),
+    "state.pt without args": (
+        lambda c: torch.save({k: v for k, v in h.load_state(c).items() if k != "args"}, c / "state.pt"),
+        ".",
+    ),
     "MjData runs code": (evil_mjdata, "."),
     "obs.npy cut in half": (lambda c: cut(c / "buffer" / "obs.npy", lambda n: n // 2), "."),
     "actions.npy of another shape": (lambda c: np.save(c / "buffer" / "actions.npy", np.zeros((1, 5, 2))), "ckpt"),

@@ -62,6 +62,7 @@ def prepare(root, hopper_model, case: str) -> None:
         (root / name).write_bytes(hopper_model.read_bytes())
     (root / "file").write_text("a file, not a directory")
     (root / "garbage.pt").write_bytes(np.random.default_rng(0).bytes(4096))
+    torch.save({"format": "sac_continuous/checkpoint/v1", "global_step": 1}, root / "state.pt")
     if case == "existing run directory":
         (root / "out" / "r").mkdir(parents=True)
         (root / "out" / "r" / "model.pt").write_text("precious")
@@ -90,6 +91,10 @@ BAD = {  # case: (changes to FAST, what the line must name)
     ),
     "eval checkpoint of another env": (dict(eval_checkpoint="hopper.pt"), ["hopper.pt", "Hopper-v5", "Pendulum-v1"]),
     "eval checkpoint is garbage": (dict(eval_checkpoint="garbage.pt"), ["garbage.pt"]),
+    "eval checkpoint is a checkpoint": (
+        dict(eval_checkpoint="state.pt"),
+        ["state.pt", "not a sac_continuous.py model"],
+    ),
     "not a device": (dict(device="tpu9"), ["--device", "tpu9"]),
     "cuda without CUDA": (dict(device="cuda"), ["--device cuda", "CUDA"]),
     "cudagraphs on the cpu": (dict(cudagraphs=True), ["--cudagraphs", "CUDA"]),
