@@ -1,39 +1,273 @@
-"""Shared helpers: import the script from the repository root, and run it as a subprocess."""
+"""Shared helpers: run the script (a subprocess, or main() in-process), read what it wrote, compare checkpoints bit
+for bit. One OpenMP thread everywhere: as fast for these small networks, and fair to a shared machine."""
 
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import io
 import os
+import pickle
+import signal
+import struct
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
-import pytest
-import torch
+os.environ.setdefault("OMP_NUM_THREADS", "1")  # before torch is imported; the subprocesses inherit it
+os.environ.setdefault("MKL_NUM_THREADS", "1")
+os.environ["PYTHONUNBUFFERED"] = "1"
+os.environ.pop("SAC_COMMAND", None)  # the Docker image's; resume commands here start with python sac_continuous.py
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+import sac_continuous as sac  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPT = ROOT / "sac_continuous.py"
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+BUFFER_FILES = ("obs", "actions", "rewards", "terminations", "valid")
+# a small Pendulum-v1 run (train from step 50, batches of 32) for the tests that signal, break or resume one
+SMALL = ["--env-id", "Pendulum-v1", "--learning-starts", "50", "--batch-size", "32", "--buffer-size", "1000"]
+SMALL += ["--eval-episodes", "1", "--device", "cpu", "--run-name", "r"]
 
 
-def run_script(*args: str, cwd: Path, timeout: float = 300) -> subprocess.CompletedProcess:
-    """python sac_continuous.py ARGS in cwd (so the default --output-dir runs/ lands there). One
-    OpenMP thread: the machine may be shared, and one thread is as fast for these small networks."""
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
-    return subprocess.run(
-        [sys.executable, str(SCRIPT), *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout
+# --- running the script ---
+
+
+def start(cwd: Path, *flags: str, script: Path = SCRIPT, env: dict | None = None) -> subprocess.Popen:
+    """Start `python script FLAGS` in cwd; its stdout and stderr go to files (no pipe to fill while we poll)."""
+    cwd.mkdir(parents=True, exist_ok=True)
+    env = {**(env or os.environ), "PYTHONPATH": str(ROOT)}  # a wrapper script can import sac_continuous
+    n = len(list(cwd.glob("stderr_*.txt")))
+    with open(cwd / f"stdout_{n}.txt", "w") as out, open(cwd / f"stderr_{n}.txt", "w") as err:
+        proc = subprocess.Popen(
+            [sys.executable, str(script), *map(str, flags)], cwd=cwd, env=env, stdout=out, stderr=err
+        )
+    proc.out_path, proc.err_path = cwd / f"stdout_{n}.txt", cwd / f"stderr_{n}.txt"
+    return proc
+
+
+def finish(proc: subprocess.Popen, timeout: float = 600) -> SimpleNamespace:
+    try:
+        code = proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+        pytest.fail(f"{proc.args} did not finish in {timeout} s")
+    return SimpleNamespace(code=code, out=proc.out_path.read_text(), err=proc.err_path.read_text())
+
+
+def run_script(cwd: Path, *flags: str, **kw) -> SimpleNamespace:
+    """The script as a real process: its exit code, stdout and stderr."""
+    return finish(start(cwd, *flags, **kw))
+
+
+def main_in(cwd: Path, *flags: str) -> SimpleNamespace:
+    """sac_continuous.main() in this process (no interpreter start, no imports: seconds faster), in cwd."""
+    cwd.mkdir(parents=True, exist_ok=True)
+    old_cwd, argv = os.getcwd(), sys.argv
+    handlers = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    out, err = io.StringIO(), io.StringIO()
+    os.chdir(cwd)
+    sys.argv = [str(SCRIPT), *map(str, flags)]
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err), pytest.raises(SystemExit) as exit_info:
+            sac.main()
+    finally:
+        os.chdir(old_cwd)
+        sys.argv = argv
+        for s, h in handlers.items():
+            signal.signal(s, h)
+    return SimpleNamespace(code=exit_info.value.code, out=out.getvalue(), err=err.getvalue())
+
+
+def ok(res: SimpleNamespace) -> SimpleNamespace:
+    assert res.code == 0, f"exit {res.code}:\n{res.err[-3000:]}"
+    return res
+
+
+def error_line(res: SimpleNamespace, *words: str, code: int = 2) -> str:
+    """Exit `code` with one `error: ...` line naming every word, no traceback; a refusal (2): nothing else on stderr."""
+    lines = [line for line in res.err.splitlines() if line.strip()]
+    errors = [line for line in lines if line.startswith("error: ")]
+    assert res.code == code and len(errors) == 1 and "Traceback" not in res.err, f"exit {res.code}:\n{res.err[-3000:]}"
+    assert code != 2 or len(lines) == 1, res.err
+    for word in words:
+        assert str(word) in errors[0], f"{word!r} not in: {errors[0]}"
+    return errors[0]
+
+
+# --- reading a run directory ---
+
+
+def step_name(step: int) -> str:
+    return f"step_{step:012d}"
+
+
+def latest_name(run_dir: Path) -> str | None:
+    latest = run_dir / "checkpoints" / "latest"
+    return latest.read_text().strip() if latest.is_file() else None
+
+
+def latest_ckpt(run_dir: Path) -> Path:
+    name = latest_name(run_dir)
+    assert name, f"{run_dir} has no checkpoints/latest"
+    return run_dir / "checkpoints" / name
+
+
+def load_state(ckpt: Path) -> dict:
+    return torch.load(ckpt / "state.pt", map_location="cpu", weights_only=True)
+
+
+def load_buffer(ckpt: Path) -> dict[str, np.ndarray]:
+    return {name: np.load(ckpt / "buffer" / f"{name}.npy", allow_pickle=False) for name in BUFFER_FILES}
+
+
+def tree(root: Path) -> dict[str, str]:
+    """Every path under root with a hash of its bytes: equal trees mean nothing was written or removed."""
+    return {
+        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest() if p.is_file() else "dir"
+        for p in sorted(root.rglob("*"))
+    }
+
+
+def temporaries(run_dir: Path) -> list[Path]:
+    return [p for p in run_dir.rglob("*") if p.name.startswith(".") or ".tmp" in p.name or ".part" in p.name]
+
+
+def scalars(run_dir: Path) -> dict[str, list[tuple[int, float]]]:
+    """TensorBoard's own reading of a run directory (it applies a resumed run's purge events), every point."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(run_dir), size_guidance={"scalars": 0})
+    acc.Reload()
+    return {tag: [(e.step, e.value) for e in acc.Scalars(tag)] for tag in acc.Tags()["scalars"]}
+
+
+# --- bit-for-bit comparison ---
+
+
+def mjdata_fields(blob: bytes) -> dict:
+    import mujoco  # noqa: F401  (the pickle names mujoco._structs.MjData)
+
+    data = pickle.loads(blob)  # the tests' own files
+    fields = {}
+    for name in dir(data):
+        value = getattr(data, name) if not name.startswith("_") and name != "timer" else None  # timer: wall clock
+        if isinstance(value, np.ndarray):
+            fields[name] = (value.dtype.str, value.shape, value.tobytes())
+        elif isinstance(value, (int, float)):
+            fields[name] = value
+    assert "qpos" in fields and "qvel" in fields
+    return fields
+
+
+def diff(a, b, path: str = "") -> list[str]:
+    """Every difference between two loaded checkpoints, bit for bit (floats and tensors by their bytes).
+    Not compared: the wall-clock start time of the current episodes and how the run was started (--resume DIR)."""
+    if path.endswith(("episode_start_time", "/args/resume", "/args/run_name")):
+        return []
+    if type(a) is not type(b):
+        return [f"{path}: {type(a).__name__} vs {type(b).__name__}"]
+    if isinstance(a, dict):
+        out = [f"{path}: keys {sorted(map(str, a.keys() ^ b.keys()))} on one side only"] if a.keys() != b.keys() else []
+        return out + [d for k in a.keys() & b.keys() for d in diff(a[k], b[k], f"{path}/{k}")]
+    if isinstance(a, (list, tuple)):
+        if len(a) != len(b):
+            return [f"{path}: length {len(a)} vs {len(b)}"]
+        return [d for i, (x, y) in enumerate(zip(a, b)) for d in diff(x, y, f"{path}/{i}")]
+    if isinstance(a, torch.Tensor):
+        x, y = a.detach().cpu().contiguous(), b.detach().cpu().contiguous()
+        same = x.dtype == y.dtype and x.shape == y.shape and x.numpy().tobytes() == y.numpy().tobytes()
+        return [] if same else [f"{path}: tensors differ"]
+    if isinstance(a, float):
+        return [] if struct.pack("<d", a) == struct.pack("<d", b) else [f"{path}: {a!r} vs {b!r}"]
+    if isinstance(a, bytes) and b"MjData" in a[:200]:  # MjData also holds MuJoCo's wall-clock timers
+        fa, fb = mjdata_fields(a), mjdata_fields(b)
+        return [f"{path}.{k}" for k in fa.keys() | fb.keys() if fa.get(k) != fb.get(k)]
+    return [] if a == b else [f"{path}: {a!r} vs {b!r}"]
+
+
+def assert_same_checkpoint(ckpt_a: Path, ckpt_b: Path, ignore: str = "/nothing/") -> None:
+    """Every tensor and value of state.pt (but paths containing `ignore`) and every byte of the buffer files."""
+    differences = [d for d in diff(load_state(ckpt_a), load_state(ckpt_b)) if ignore not in d.split(":")[0]]
+    assert not differences, f"{ckpt_a} and {ckpt_b} differ:\n" + "\n".join(sorted(differences)[:40])
+    for name in BUFFER_FILES:
+        file_a, file_b = ckpt_a / "buffer" / f"{name}.npy", ckpt_b / "buffer" / f"{name}.npy"
+        assert file_a.read_bytes() == file_b.read_bytes(), f"buffer/{name}.npy differs"
+
+
+def assert_same_models(run_a: Path, run_b: Path) -> None:
+    for name in ("model.pt", "best_model.pt"):
+        a, b = (torch.load(r / name, map_location="cpu", weights_only=True) for r in (run_a, run_b))
+        assert not diff(a, b), f"{name} differs"
+
+
+# --- a process dying in the middle of a write: an audit hook stops the k-th file operation ---
+
+
+class Crash(BaseException):
+    """Stands for the process dying: nothing in the script may catch it."""
+
+
+_CRASH = SimpleNamespace(armed=False, at=0, count=0, last=None, under="")
+_OPS = ("os.mkdir", "os.rename", "os.remove", "os.rmdir", "shutil.rmtree")
+
+
+def _audit(event: str, args: tuple) -> None:
+    c = _CRASH
+    if not c.armed or (event != "open" and event not in _OPS) or c.under not in str(args[0]):
+        return
+    if event == "open" and not args[2] & (os.O_WRONLY | os.O_RDWR):
+        return
+    c.count += 1
+    if c.count == c.at:
+        if c.last and os.path.isfile(c.last):  # the file written last is cut short, as by a crash mid-write
+            os.truncate(c.last, os.path.getsize(c.last) // 2)
+        raise Crash(f"{event} {args[0]} (file operation {c.count})")
+    if event == "open":
+        c.last = args[0]
+
+
+sys.addaudithook(_audit)  # hooks cannot be removed: this one does nothing unless armed
+
+
+@contextlib.contextmanager
+def crash_at(k: int | None, under: str = "") -> SimpleNamespace:
+    """Count the operations that change the disk (open for writing, mkdir, rename, remove, rmdir, rmtree) on
+    paths containing `under`, and die (raise Crash) at the k-th; k None only counts."""
+    _CRASH.__dict__.update(armed=True, at=k or 0, count=0, last=None, under=under)
+    try:
+        yield _CRASH
+    finally:
+        _CRASH.armed = False
+
+
+# --- a small agent and batch for the network and update tests ---
+
+OBS_DIM, ACT_DIM = 3, 2
+
+
+def make_agent(device: str = "cpu", **kw) -> sac.SAC:
+    torch.manual_seed(0)
+    low, high = np.array([-1.0, 0.0], np.float32), np.array([1.0, 4.0], np.float32)
+    agent = sac.SAC(OBS_DIM, low, high, sac.Args(**kw), torch.device(device))
+    with torch.no_grad():  # targets unlike the online critics, so that using the wrong ones shows
+        for p in (*agent.qf1_target.parameters(), *agent.qf2_target.parameters()):
+            p.add_(0.05 * torch.randn_like(p))
+    return agent
+
+
+def make_batch(n: int = 32, seed: int = 0) -> tuple[np.ndarray, ...]:
+    g = np.random.default_rng(seed)
+    obs, next_obs = (g.normal(size=(n, OBS_DIM)).astype(np.float32) for _ in range(2))
+    return (
+        obs,
+        g.uniform(-1, 1, (n, ACT_DIM)).astype(np.float32),
+        g.normal(size=n).astype(np.float32),
+        g.random(n) < 0.3,
+        next_obs,
     )
-
-
-@pytest.fixture
-def run(tmp_path):
-    """run(*args) -> CompletedProcess of the script, run in this test's tmp_path."""
-    return lambda *args, **kw: run_script(*args, cwd=tmp_path, **kw)
-
-
-@pytest.fixture
-def one_thread():
-    """In-process torch work on one thread: on a shared 2-core machine, OpenMP threads waiting for a busy
-    core can make small updates 100x slower. Restored afterwards."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)

@@ -1,0 +1,92 @@
+"""The SAC update: its losses recomputed independently (critic target, actor, temperature), what each step changes
+(critics, actor, Polyak targets by tau, alpha), and the delayed actor and target updates."""
+
+import copy
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from conftest import ACT_DIM, OBS_DIM, make_agent, make_batch
+
+
+def params(*modules):
+    return [p.detach().clone() for m in modules for p in m.parameters()]
+
+
+@pytest.mark.parametrize("kw", [{}, {"autotune": False, "alpha": 0.3, "gamma": 0.9}], ids=["autotune", "fixed-alpha"])
+def test_update_losses_are_the_sac_losses(kw):
+    """y = r + gamma (1 - terminated) (min_j Q'_j(s', a') - alpha log pi(a'|s')); the actor loss on the critics
+    after their step; the temperature loss alpha (-log pi - H) with H = -dim(A)."""
+    agent = make_agent(**kw)
+    alpha, gamma = agent.alpha.item(), kw.get("gamma", 0.99)
+    before = copy.deepcopy(agent)
+    obs, act, rew, term, next_obs = (torch.as_tensor(np.asarray(x, np.float32)) for x in make_batch())
+    torch.manual_seed(11)
+    stats = agent.update(make_batch())
+    torch.manual_seed(11)
+    with torch.no_grad():
+        next_a, next_logp = before.actor.sample(next_obs)
+        next_q = torch.min(before.qf1_target(next_obs, next_a), before.qf2_target(next_obs, next_a))
+        y = rew[:, None] + gamma * (1 - term[:, None]) * (next_q - alpha * next_logp)
+        qf1, qf2 = before.qf1(obs, act), before.qf2(obs, act)
+        pi, logp = before.actor.sample(obs)
+        min_q = torch.min(agent.qf1(obs, pi), agent.qf2(obs, pi))
+    expected = dict(qf1_loss=F.mse_loss(qf1, y), qf2_loss=F.mse_loss(qf2, y), qf1_values=qf1.mean())
+    expected.update(qf2_values=qf2.mean(), qf_loss=(F.mse_loss(qf1, y) + F.mse_loss(qf2, y)) / 2)
+    expected["actor_loss"] = (alpha * logp - min_q).mean()
+    if agent.a_optimizer is not None:
+        expected["alpha_loss"] = (alpha * (-logp + ACT_DIM)).mean()
+    assert stats.keys() == expected.keys()
+    for k, v in expected.items():
+        torch.testing.assert_close(stats[k], v, msg=k)
+
+
+def test_update_steps_critics_and_actor_and_moves_targets_by_tau():
+    agent = make_agent(tau=0.1)
+    actor, online, targets = (
+        params(agent.actor),
+        params(agent.qf1, agent.qf2),
+        params(agent.qf1_target, agent.qf2_target),
+    )
+    agent.update(make_batch())
+    assert all(not torch.equal(a, b) for a, b in zip(actor + online, params(agent.actor, agent.qf1, agent.qf2)))
+    for old, new, p in zip(targets, params(agent.qf1_target, agent.qf2_target), params(agent.qf1, agent.qf2)):
+        torch.testing.assert_close(new - old, 0.1 * (p - old), rtol=1e-5, atol=1e-7)  # towards the stepped critic
+    assert agent.n_updates == 1
+
+
+def test_actor_loss_sends_no_gradient_into_the_critics():
+    agent = make_agent()
+    loss, log_pi = agent.actor_loss(torch.randn(16, OBS_DIM))
+    assert log_pi.shape == (16, 1)
+    loss.backward()
+    assert all(p.grad is None for p in (*agent.qf1.parameters(), *agent.qf2.parameters()))
+    assert all(p.grad is not None for p in agent.actor.parameters())
+
+
+def test_alpha_rises_when_the_entropy_is_too_low_and_stays_without_autotune():
+    agent = make_agent()
+    with torch.no_grad():  # a nearly deterministic actor: entropy far below -dim(A)
+        agent.actor.log_std.bias.fill_(-100.0)
+    for i in range(3):
+        agent.update(make_batch(seed=i))
+    assert agent.alpha.item() > 0.1 and agent.alpha.item() == pytest.approx(np.exp(agent.log_alpha.item()), rel=1e-6)
+    fixed = make_agent(autotune=False, alpha=0.3)
+    assert fixed.a_optimizer is None
+    for i in range(3):
+        assert "alpha_loss" not in fixed.update(make_batch(seed=i))
+    assert fixed.alpha.item() == np.float32(0.3)
+
+
+def test_policy_and_target_network_frequency_delay_the_updates():
+    """Every 2nd update: 2 actor steps at once (TD3/CleanRL's delayed updates), and one Polyak update."""
+    agent = make_agent(policy_frequency=2, target_network_frequency=2)
+    first_weight = next(agent.actor.parameters())
+    for i in range(4):
+        targets = params(agent.qf1_target, agent.qf2_target)
+        stats = agent.update(make_batch(seed=i))
+        assert ("actor_loss" in stats) == (i % 2 == 0)
+        moved = any(not torch.equal(a, b) for a, b in zip(targets, params(agent.qf1_target, agent.qf2_target)))
+        assert moved == (i % 2 == 0)
+        assert agent.actor_optimizer.state[first_weight]["step"].item() == 2 * (i // 2 + 1)
