@@ -181,9 +181,7 @@ class SoftQNetwork(nn.Module):
         return F.linear(h, out.weight.detach(), out.bias.detach())
 
 
-class Actor(nn.Module):
-    """Gaussian policy squashed by tanh and rescaled to the action bounds: a = scale * tanh(u) + bias."""
-
+class Actor(nn.Module):  # a Gaussian policy squashed by tanh, rescaled to the action bounds: a = scale * tanh(u) + bias
     def __init__(self, obs_dim: int, low: np.ndarray, high: np.ndarray):
         super().__init__()
         self.trunk = mlp(obs_dim, None)
@@ -644,9 +642,7 @@ def resume_command(args: Args, run_dir: Path) -> str:
 
 
 # --- The training loop ----------------------------------------------------------------------------
-class StopSignals(list):
-    """Handles SIGINT/SIGTERM: the first one's name is kept (the loop checkpoints and exits 75), a second exits 130."""
-
+class StopSignals(list):  # SIGINT/SIGTERM: the first one's name is kept (the loop checkpoints, exits 75); again: 130
     def __call__(self, signum, frame):
         if self:
             os._exit(EXIT_ABORTED)
