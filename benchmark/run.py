@@ -20,10 +20,10 @@ import time
 from collections import namedtuple
 from pathlib import Path
 
+import report  # benchmark/report.py, beside this file: checkpoint and TensorBoard readers, machine info
+
 HERE = Path(__file__).resolve().parent
 SCRIPT, CONFIGS, SLURM_DIR = HERE.parent / "sac_continuous.py", HERE / "configs.json", "_slurm"
-sys.path.insert(0, str(HERE))
-import report  # noqa: E402  (benchmark/report.py: checkpoint and TensorBoard readers, machine info)
 
 OUTCOMES = {0: "done", 2: "failed", 3: "diverged", 75: "interrupted", 130: "aborted"}  # sac_continuous.py's codes
 MARK = re.compile(r"^(?:=== \S+|\[slurm \S+ \S+\]) (?:exit (-?\d+)|\$|\S+ starts)")  # a run's start or end in its log

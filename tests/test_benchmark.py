@@ -4,7 +4,6 @@ stand-in script that records its arguments where only the runner's handling of t
 from __future__ import annotations
 
 import csv
-import importlib.util
 import json
 import os
 import re
@@ -16,15 +15,11 @@ import time
 from pathlib import Path
 
 import pytest
+import report  # benchmark/report.py (pyproject.toml puts benchmark/ on the path)
+import run as bench_run  # benchmark/run.py
 
 ROOT = Path(__file__).resolve().parent.parent
 BENCH = ROOT / "benchmark"
-sys.path.insert(0, str(BENCH))
-import report  # noqa: E402  (benchmark/report.py; run.py imports it under this name too)
-
-spec = importlib.util.spec_from_file_location("benchmark_run", BENCH / "run.py")
-bench_run = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(bench_run)
 
 SEEDS = ["1", "2"]
 TINY = "--learning-starts 500 --eval-frequency 500 --eval-episodes 2 --batch-size 64 --buffer-size 5000".split()

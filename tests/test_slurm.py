@@ -14,11 +14,10 @@ import time
 from pathlib import Path
 
 import pytest
+import report  # benchmark/report.py (pyproject.toml puts benchmark/ on the path)
 
 ROOT = Path(__file__).resolve().parent.parent
 BENCH = ROOT / "benchmark"
-sys.path.insert(0, str(BENCH))
-import report  # noqa: E402  (benchmark/report.py)
 
 pytestmark = pytest.mark.skipif(
     os.environ.get("SAC_SLURM_CLUSTER") != "1",
