@@ -208,6 +208,25 @@ others=$(find "$runs" ! -uid "${USER_ID%:*}" -o ! -gid "${USER_ID#*:}" | head -3
 [ -z "$others" ] || fail "not owned by $USER_ID: $others"
 log "training ok in $((SECONDS - t))s: args.json, model.pt, checkpoints/latest, events in the host folder, all owned by $USER_ID"
 
+# ---- docker stop: a checkpoint, exit 75, and a resume command that starts with SAC_COMMAND, as the user
+# runs it on the host (once the script reads SAC_COMMAND)
+if grep -q SAC_COMMAND sac_continuous.py; then
+    name=sac-ci-$$-stop
+    CONTAINERS+=("$name")
+    timeout 600 docker run --rm --name "$name" -e OMP_NUM_THREADS=1 --user "$USER_ID" -v "$runs:/app/runs" "$IMAGE" \
+        --env-id Pendulum-v1 --learning-starts 500 --buffer-size 10000 --run-name stopped 2>"$WORK/stop.err" &
+    pid=$!
+    for _ in $(seq 120); do grep -q '^run: ' "$WORK/stop.err" && break; sleep 1; done
+    sleep 3
+    docker stop -t 120 "$name" >/dev/null
+    wait "$pid"
+    code=$?
+    [ "$code" -eq 75 ] || { tail -5 "$WORK/stop.err" >&2; fail "docker stop: exit $code, not 75"; }
+    grep -qF "Resume with: $sac_command --resume runs/stopped" "$WORK/stop.err" \
+        || { tail -3 "$WORK/stop.err" >&2; fail "docker stop: the resume command does not start with SAC_COMMAND"; }
+    log "docker stop: exit 75, $(grep -o 'Resume with: .*' "$WORK/stop.err")"
+fi
+
 # ---- without --user, into a root-owned folder (as Docker makes a missing one): one line on stderr, exit 2
 rootruns=$WORK/rootruns
 mkdir -p "$rootruns"
