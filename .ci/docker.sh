@@ -122,7 +122,7 @@ else
     fi
 fi
 log "Docker engine $(docker info --format '{{.ServerVersion}}, storage driver {{.Driver}}')"
-IMAGES_BEFORE=$(docker images -aq --no-trunc | sort -u; echo none)   # never empty once the engine is up
+IMAGES_BEFORE=$({ docker images -aq --no-trunc; echo none; } | sort -u)   # never empty once the engine is up
 log "disk at the start: $(disk_use)"
 BASE_IMAGE=${BASE_IMAGE:-$LOCAL_BASE}
 
@@ -173,7 +173,7 @@ log "image runs as uid $uid by default and contains benchmark/"
 # caches are writable, getpass.getuser() works, and SAC_COMMAND is README's CPU line
 USER_ID=4242:4242
 sac_command=$(run_container --user "$USER_ID" --entrypoint python "$IMAGE" -c '
-import getpass, os, pathlib, sys
+import getpass, os, pathlib
 for var in ["HOME", "MPLCONFIGDIR", "TORCHINDUCTOR_CACHE_DIR", "WANDB_DIR", "WANDB_CACHE_DIR", "WANDB_CONFIG_DIR"]:
     path = pathlib.Path(os.environ[var], "probe")
     path.parent.mkdir(parents=True, exist_ok=True)
