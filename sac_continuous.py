@@ -1,8 +1,8 @@
 """Soft Actor-Critic for continuous control, in one file: python sac_continuous.py --env-id Humanoid-v5
 
-Tanh-squashed Gaussian actor, twin Q critics, automatic entropy tuning (Haarnoja et al. 2018, arXiv:1812.05905). Exit
-codes: 0 done, 2 bad input (nothing written), 3 diverged, 74 a write failed (e.g. disk full), 75 stopped by a signal
-(checkpoint written), 130 aborted."""
+Tanh-squashed Gaussian actor, twin Q critics, automatic entropy tuning (Haarnoja et al. 2018, arXiv:1812.05905).
+Exit codes: 0 done, 2 bad input (nothing written), 3 diverged, 74 a write failed, 75 stopped by a signal, 130 aborted.
+"""
 
 import contextlib
 import dataclasses
@@ -39,7 +39,7 @@ class Args:
     seed: int = 1  # seed of python, numpy, torch, the environments and the replay buffer
     torch_deterministic: bool = True  # make cuDNN deterministic (`torch.backends.cudnn.deterministic`)
     device: str = "auto"  # auto (CUDA if available, else CPU), or a torch device such as cpu, cuda, cuda:1, mps
-    num_threads: int = 0  # torch CPU threads; 0: OMP_NUM_THREADS if set, else torch's default (all cores)
+    num_threads: int = 0  # torch CPU threads; 0: OMP_NUM_THREADS if set, else the cores other processes leave idle
     num_envs: int = 1  # parallel environments; one gradient update is made per vector step (num_envs transitions)
     buffer_size: int = 1_000_000  # replay buffer capacity in observation slots, shared by all envs
     gamma: float = 0.99  # discount factor
@@ -127,14 +127,12 @@ def make_env(env_id: str, render_mode: str | None = None) -> gym.Env:
         raise Exit(f"environment '{env_id}' needs a missing package ({e}); install it") from None
     space, obs_space = env.action_space, env.observation_space
     if not isinstance(space, gym.spaces.Box):
-        problem = f"has a {type(space).__name__} action space; SAC here needs a continuous (Box) one"
-    elif not isinstance(obs_space, gym.spaces.Box) or len(obs_space.shape) != 1:
-        problem = f"has observation space {obs_space}; this script needs a flat Box"
-    elif not (np.all(np.isfinite(space.low)) and np.all(np.isfinite(space.high))):
-        problem = "has an unbounded action space; SAC squashes actions into finite bounds"
-    else:
-        return env
-    raise Exit(f"'{env_id}' {problem}")
+        raise Exit(f"'{env_id}' has a {type(space).__name__} action space; SAC here needs a continuous (Box) one")
+    if not isinstance(obs_space, gym.spaces.Box) or len(obs_space.shape) != 1:
+        raise Exit(f"'{env_id}' has observation space {obs_space}; this script needs a flat Box")
+    if not (np.all(np.isfinite(space.low)) and np.all(np.isfinite(space.high))):
+        raise Exit(f"'{env_id}' has an unbounded action space; SAC squashes actions into finite bounds")
+    return env
 
 
 def check_rendering(env_id: str, capture_video: bool) -> None:
@@ -155,7 +153,6 @@ def check_rendering(env_id: str, capture_video: bool) -> None:
 
 
 # --- Networks -------------------------------------------------------------------------------------
-
 LOG_STD_MIN, LOG_STD_MAX, HIDDEN = -5.0, 2.0, 256
 
 
@@ -223,8 +220,7 @@ class ReplayBuffer:
     ARRAYS = ("obs", "actions", "rewards", "terminations", "valid")
 
     def __init__(self, buffer_size: int, num_envs: int, obs_dim: int, act_dim: int, seed: int):
-        self.num_envs, self.capacity = num_envs, buffer_size // num_envs
-        n, c = num_envs, self.capacity
+        n, c = self.num_envs, self.capacity = num_envs, buffer_size // num_envs
         self.obs, self.actions = np.zeros((n, c, obs_dim), np.float32), np.zeros((n, c, act_dim), np.float32)
         self.rewards = np.zeros((n, c), np.float32)
         self.terminations, self.valid = np.zeros((n, c), bool), np.zeros((n, c), bool)
@@ -313,9 +309,8 @@ class SAC:
         self.a_optimizer = torch.optim.Adam([self.log_alpha], lr=args.q_lr, **adam) if args.autotune else None
         self.alpha = torch.tensor([args.alpha], dtype=torch.float32, device=device)
         self.target_entropy, self.n_updates = -float(self.act_dim), 0
-        self.networks = {k: getattr(self, k) for k in ("actor", "qf1", "qf2", "qf1_target", "qf2_target")}
-        names = ("q_optimizer", "actor_optimizer", "a_optimizer")
-        self.optimizers = {k: getattr(self, k) for k in names if getattr(self, k) is not None}
+        self.networks = {k: m for k, m in vars(self).items() if isinstance(m, nn.Module)}  # actor, critics, targets
+        self.optimizers = {k: o for k, o in vars(self).items() if isinstance(o, torch.optim.Optimizer)}
         if args.compile:  # speed path: Inductor kernels for the losses' forward and backward
             self.critic_loss, self.actor_loss = torch.compile(self.critic_loss), torch.compile(self.actor_loss)
         for name in ("update_critics", "update_policy", "update_targets", "sample_action") if args.cudagraphs else ():
@@ -686,6 +681,14 @@ def open_run(args: Args, run_dir: Path, ckpt: Path | None, saved: dict | None, g
     return writer, wandb, bar
 
 
+def choose_threads(args: Args, at_start: bool = False) -> None:
+    """--num-threads, else OMP_NUM_THREADS, else one thread until learning starts, then the cores that other processes
+    leave idle (1-minute load average less our threads): waiting for a busy core makes threads many times slower."""
+    if args.num_threads or "OMP_NUM_THREADS" not in os.environ:  # else OpenMP has taken the user's OMP_NUM_THREADS
+        idle = max(1, min(os.cpu_count(), round(os.cpu_count() - os.getloadavg()[0] + torch.get_num_threads())))
+        torch.set_num_threads(args.num_threads or (1 if at_start else idle))
+
+
 def crossed(step: int, prev_step: int, every: int) -> bool:  # a multiple of `every` lies in (prev_step, step]
     return every > 0 and step // every > prev_step // every
 
@@ -776,6 +779,7 @@ def train(args: Args) -> int:
                 sps = int((global_step - start_step) / (time.time() - start_time))
                 writer.add_scalar("charts/SPS", sps, global_step)
                 info = f"{sps} SPS" + ("" if math.isnan(last_return) else f", return {last_return:.1f}")
+                choose_threads(args)
             if evaluating:
                 best_eval = evaluate_and_save(agent, args, run_dir, global_step, best_eval, writer, wandb)
             if saving or stopping:
@@ -829,8 +833,7 @@ def main() -> None:
         os.environ["MUJOCO_GL"] = "egl" if torch.cuda.is_available() else "osmesa"
     if os.environ.get("MUJOCO_GL") == "osmesa" and importlib.util.find_spec("triton") is not None:
         importlib.import_module("triton")  # OSMesa's own LLVM crashes triton when triton is imported after it
-    if args.num_threads:
-        torch.set_num_threads(args.num_threads)
+    choose_threads(args, at_start=True)
     try:
         code = eval_only(args) if args.eval_checkpoint else train(args)
     except Exit as e:
