@@ -4,8 +4,9 @@
 
 For each environment, load (that many `python -c 'while True: pass'` processes, started and stopped by pid) and thread
 setting, runs sac_continuous.py until `--seconds` of training have passed, stops it with SIGTERM and takes steps/s after
-learning starts from the wall times of its first and last loss points in TensorBoard. Take it on an otherwise idle
-machine: the loads are the only other work.
+learning starts from the wall times of its first and last loss points in TensorBoard. Before each run it waits (up to
+`--settle` s) until the 1-minute load average is within 0.5 of the load, so that a run starts under a steady load: the
+script's default reads that average. Take it on an otherwise idle machine: the loads are the only other work.
 """
 
 import argparse
@@ -68,8 +69,11 @@ def main() -> None:
     parser.add_argument("--loads", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--settings", nargs="+", default=list(SETTINGS), choices=list(SETTINGS))
     parser.add_argument("--seconds", type=float, default=30.0)
+    parser.add_argument("--settle", type=float, default=90.0)
     args = parser.parse_args()
-    print(f"{os.cpu_count()} CPUs; steps/s after learning starts, {args.seconds:.0f} s of training per run")
+    print(
+        f"{os.cpu_count()} CPUs; steps/s after learning starts, {args.seconds:.0f} s of training per run (x: best/this)"
+    )
     print("| env | busy processes | " + " | ".join(args.settings) + " |")
     print("|---|---|" + "---|" * len(args.settings))
     for env_id in args.envs:
@@ -79,6 +83,9 @@ def main() -> None:
                 rates = {}
                 for name in args.settings:
                     flags, env = SETTINGS[name]
+                    deadline = time.time() + args.settle
+                    while abs(os.getloadavg()[0] - load) > 0.5 and time.time() < deadline:
+                        time.sleep(2)
                     with tempfile.TemporaryDirectory() as tmp:
                         rates[name] = train_rate(env_id, flags, env, args.seconds, Path(tmp))
             finally:
