@@ -262,8 +262,7 @@ class ReplayBuffer:
 
 # === Speed path (--cudagraphs; SAC.__init__ applies it and --compile): a plain run never enters it ====
 def cuda_graphed(step, warmup_calls: int = 3):
-    """step(*tensors) as a CUDA graph: warmup_calls eager calls on a side stream (creating gradients and optimizer
-    state), one that records, then replays on the refilled inputs. Needs in-place state and no host sync."""
+    """step(*tensors) as a CUDA graph: eager warm-up calls on a side stream, one that records, then replays."""
     calls, graph, static_inputs, static_outputs = 0, None, None, None
 
     def run(*inputs):
@@ -409,7 +408,7 @@ def fsync_dir(path: Path) -> None:
 
 
 def atomic_write(path: Path, write) -> None:  # temporary file, fsync, rename: the old file or the new one, never half
-    tmp = path.with_name(f".{path.name}.tmp")
+    tmp = path.with_name(f".{path.stem}.tmp{path.suffix}")  # the suffix kept: ffmpeg wants .mp4
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         write_file(tmp, write)
@@ -470,8 +469,7 @@ def find_checkpoint(path: Path) -> Path | None:  # a run, checkpoints/ or step_*
 
 
 def save_checkpoint(run_dir: Path, state: dict, rb: ReplayBuffer) -> Path:
-    """step_N/{state.pt, buffer/*.npy} written under a temporary name, renamed, `latest` switched, then older ones
-    removed. A failure removes what this call wrote and raises WriteError."""
+    """step_N/{state.pt, buffer/*.npy} as a temporary dir, renamed, `latest` switched, older ones removed."""
     root, name = run_dir / "checkpoints", f"step_{state['global_step']:012d}"
     final, tmp = root / name, root / f".tmp_{name}"
     try:
@@ -499,7 +497,7 @@ def save_checkpoint(run_dir: Path, state: dict, rb: ReplayBuffer) -> Path:
 def clear_leftovers(run_dir: Path, keep: Path | None) -> None:
     """A killed process's temporary files and partial videos, and checkpoints that `latest` does not name."""
     latest, root = find_checkpoint(run_dir), run_dir / "checkpoints"
-    found = [*run_dir.glob(".*.tmp"), *run_dir.glob("videos/.*.tmp"), *(root.iterdir() if root.is_dir() else [])]
+    found = [*run_dir.glob(".*.tmp*"), *run_dir.glob("videos/.*.tmp*"), *(root.iterdir() if root.is_dir() else [])]
     for p in found:
         if p in (latest, keep) or p.name == "latest" or (latest is None and p.name.startswith("step_")):
             continue
@@ -617,7 +615,9 @@ def prepare_run(args: Args) -> tuple[Args, Path, Path | None, dict | None]:
     if ckpt is None:
         return args, run_dir, None, None
     saved = torch_load(ckpt / "state.pt", "checkpoint", CHECKPOINT_FORMAT)
-    if saved["global_step"] >= args.total_timesteps:
+    if not isinstance(saved.get("args"), dict) or not set(RUN_DEFINING) <= saved["args"].keys():
+        raise Exit(f"checkpoint {ckpt} lacks its run's arguments: it is damaged or from another version")
+    if saved.get("global_step", 0) >= args.total_timesteps:
         raise Exit(f"{run_dir} is already at step {saved['global_step']}; a larger --total-timesteps extends it", 0)
     for name in RUN_DEFINING:
         cli, old = getattr(args, name), saved["args"].get(name)
@@ -795,7 +795,8 @@ def train(args: Args) -> int:
                 raise Exit(text + resume_command(args, run_dir), EXIT_INTERRUPTED)
         writer.close()
     except (OSError, WriteError) as e:  # a checkpoint, model, video or event write failed: no training goes on
-        e = e if isinstance(e, WriteError) else WriteError(Path(e.filename or run_dir / "events.out.tfevents"), e)
+        events = max(run_dir.glob("events.out.tfevents.*"), key=os.path.getmtime, default=run_dir)  # TensorBoard's
+        e = e if isinstance(e, WriteError) else WriteError(Path(e.filename or events), e)
         text = f"{e} at step {global_step}; {last_checkpoint(run_dir)}. Fix it, then: {resume_command(args, run_dir)}"
         raise Exit(text, EXIT_IO_ERROR) from None
     finally:
