@@ -4,6 +4,7 @@ Tanh-squashed Gaussian actor, twin Q critics, automatic entropy tuning (Haarnoja
 codes: 0 done, 2 bad input (nothing written), 3 diverged, 74 a write failed (e.g. disk full), 75 stopped by a signal
 (checkpoint written), 130 aborted."""
 
+import contextlib
 import dataclasses
 import importlib.util
 import io
@@ -18,7 +19,6 @@ import sys
 import threading
 import time
 import warnings
-from dataclasses import dataclass
 from pathlib import Path
 
 import gymnasium as gym
@@ -28,21 +28,17 @@ import torch.nn as nn
 import torch.nn.functional as F
 import tyro
 
-EXIT_BAD_INPUT = 2  # a flag, file or environment that cannot be used; nothing was written
-EXIT_DIVERGED = 3  # a loss or weight became NaN/Inf; the last checkpoint is left as it was
-EXIT_IO_ERROR = 74  # a write failed (disk full, I/O error...): temporary files removed, the last checkpoint intact
-EXIT_INTERRUPTED = 75  # SIGINT/SIGTERM: a checkpoint was written; rerun with --resume to continue
-EXIT_ABORTED = 130  # a second Ctrl-C: stopped at once
+EXIT_BAD_INPUT, EXIT_DIVERGED, EXIT_IO_ERROR, EXIT_INTERRUPTED, EXIT_ABORTED = 2, 3, 74, 75, 130  # see above
 
 
 # --- Args -----------------------------------------------------------------------------------------
-@dataclass
+@dataclasses.dataclass
 class Args:
     env_id: str = "Humanoid-v5"  # the id of a gymnasium environment with a Box action space
     total_timesteps: int = 1_000_000  # environment steps to train for, over all envs (on --resume, the new total)
     seed: int = 1  # seed of python, numpy, torch, the environments and the replay buffer
     torch_deterministic: bool = True  # make cuDNN deterministic (`torch.backends.cudnn.deterministic`)
-    device: str = "auto"  # auto (CUDA, else MPS, else CPU), or a torch device such as cpu, cuda, cuda:1, mps
+    device: str = "auto"  # auto (CUDA if available, else CPU), or a torch device such as cpu, cuda, cuda:1, mps
     num_threads: int = 0  # torch CPU threads; 0: OMP_NUM_THREADS if set, else torch's default (all cores)
     num_envs: int = 1  # parallel environments; one gradient update is made per vector step (num_envs transitions)
     buffer_size: int = 1_000_000  # replay buffer capacity in observation slots, shared by all envs
@@ -105,9 +101,8 @@ def check_args(args: Args) -> torch.device:  # refuses unusable flags before any
     if args.track and importlib.util.find_spec("wandb") is None:
         raise Exit("--track needs Weights & Biases: pip install wandb")
     available = {"cuda": torch.cuda.is_available(), "mps": torch.backends.mps.is_available()}
-    auto = "cuda" if available["cuda"] else "mps" if available["mps"] else "cpu"
     try:
-        device = torch.device(auto if args.device == "auto" else args.device)
+        device = torch.device(("cuda" if available["cuda"] else "cpu") if args.device == "auto" else args.device)
     except RuntimeError:
         raise Exit(f"--device '{args.device}' is not a torch device; use auto, cpu, cuda or mps") from None
     if not available.get(device.type, True):
@@ -127,7 +122,7 @@ def make_env(env_id: str, render_mode: str | None = None) -> gym.Env:
     try:
         env = gym.make(env_id, render_mode=render_mode)
     except gym.error.Error as e:  # NameNotFound, VersionNotFound, DeprecatedEnv, missing extras...
-        raise Exit(f"cannot make environment '{env_id}': {str(e).rstrip('.')}. Check --env-id") from None
+        raise Exit(f"cannot make environment '{env_id}': {str(e).rstrip('.')}; check --env-id") from None
     except ImportError as e:
         raise Exit(f"environment '{env_id}' needs a missing package ({e}); install it") from None
     space, obs_space = env.action_space, env.observation_space
@@ -139,7 +134,6 @@ def make_env(env_id: str, render_mode: str | None = None) -> gym.Env:
         problem = "has an unbounded action space; SAC squashes actions into finite bounds"
     else:
         return env
-    env.close()
     raise Exit(f"'{env_id}' {problem}")
 
 
@@ -160,16 +154,9 @@ def check_rendering(env_id: str, capture_video: bool) -> None:
         raise Exit(f"MUJOCO_GL={gl}: cannot load its OpenGL library; install {package} (e.g. apt-get)") from None
 
 
-def make_vector_env(env_id: str, num_envs: int) -> gym.vector.SyncVectorEnv:
-    """SAME_STEP autoreset: an episode's last step returns the reset obs and the real one in infos["final_obs"]."""
-    envs = [lambda: gym.wrappers.RecordEpisodeStatistics(make_env(env_id)) for _ in range(num_envs)]
-    return gym.vector.SyncVectorEnv(envs, autoreset_mode=gym.vector.AutoresetMode.SAME_STEP)
-
-
 # --- Networks -------------------------------------------------------------------------------------
 
-LOG_STD_MIN, LOG_STD_MAX = -5.0, 2.0
-HIDDEN = 256
+LOG_STD_MIN, LOG_STD_MAX, HIDDEN = -5.0, 2.0, 256
 
 
 def mlp(in_dim: int, out_dim: int | None) -> nn.Sequential:
@@ -186,8 +173,7 @@ class SoftQNetwork(nn.Module):
         return self.net(torch.cat([obs, action], dim=-1))
 
     def value_for_actor(self, obs: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
-        """Q(s, a) for the actor's loss, which needs dQ/da only: detached weights, and the first layer W [s; a] + b
-        split into W_s s + (W_a a + b), so that backward multiplies by W_a alone."""
+        """Q(s, a) for the actor's loss, which needs dQ/da only: detached weights, W [s; a] + b as W_s s + W_a a + b."""
         first, _, hidden, _, out = self.net
         w_obs, w_act = first.weight.detach().split([obs.shape[-1], action.shape[-1]], dim=1)
         h = F.relu(F.linear(obs, w_obs) + F.linear(action, w_act, first.bias.detach()))
@@ -195,9 +181,7 @@ class SoftQNetwork(nn.Module):
         return F.linear(h, out.weight.detach(), out.bias.detach())
 
 
-class Actor(nn.Module):
-    """Gaussian policy squashed by tanh and rescaled to the action bounds: a = scale * tanh(u) + bias."""
-
+class Actor(nn.Module):  # a Gaussian policy squashed by tanh, rescaled to the action bounds: a = scale * tanh(u) + bias
     def __init__(self, obs_dim: int, low: np.ndarray, high: np.ndarray):
         super().__init__()
         self.trunk = mlp(obs_dim, None)
@@ -206,10 +190,9 @@ class Actor(nn.Module):
         self.register_buffer("action_scale", scale)
         self.register_buffer("action_bias", torch.as_tensor((high + low) / 2.0, dtype=torch.float32))
         self.register_buffer("log_scale_sum", torch.log(scale).sum())  # log|det| of the affine rescaling
-        for m in self.modules():  # Xavier-uniform weights, zero biases
-            if isinstance(m, nn.Linear):
-                nn.init.xavier_uniform_(m.weight)
-                nn.init.zeros_(m.bias)
+        for layer in [m for m in self.modules() if isinstance(m, nn.Linear)]:  # Xavier-uniform weights, zero biases
+            nn.init.xavier_uniform_(layer.weight)
+            nn.init.zeros_(layer.bias)
 
     def forward(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         h = self.trunk(obs)
@@ -233,10 +216,9 @@ class Actor(nn.Module):
 
 # --- Replay buffer --------------------------------------------------------------------------------
 class ReplayBuffer:
-    """One ring of observation slots per env, each observation stored once: the transition at slot k of env e is
-    (obs[e, k], actions[e, k], rewards[e, k], terminations[e, k], obs[e, k + 1]). At an episode's end in slot k the
-    real final observation goes to slot k + 1, which starts no transition (valid False), and the reset one to k + 2.
-    An overwritten slot stays invalid until its own transition is written, so wrap-around never mixes episodes."""
+    """One ring of observation slots per env, each observation stored once: slot k of env e holds the transition
+    (obs, actions, rewards, terminations)[e, k] -> obs[e, k + 1]. An episode's real final observation takes a slot that
+    starts no transition (valid False); an overwritten slot is invalid until its own transition is written."""
 
     ARRAYS = ("obs", "actions", "rewards", "terminations", "valid")
 
@@ -256,8 +238,7 @@ class ReplayBuffer:
         self.valid[envs, self.pos[envs]] = False
         self.written[envs] += 1
 
-    def add(self, actions, rewards, terminations, real_next_obs, dones, next_obs) -> None:
-        """real_next_obs: s' (infos["final_obs"] where an episode ended); next_obs: the reset observation there."""
+    def add(self, actions, rewards, terminations, real_next_obs, dones, next_obs) -> None:  # next_obs: after resets
         e, p = self.envs, self.pos
         self.actions[e, p], self.rewards[e, p], self.terminations[e, p] = actions, rewards, terminations
         self.valid[e, p] = True
@@ -282,33 +263,11 @@ class ReplayBuffer:
         rewards, terminations = self.rewards.reshape(-1).take(row), self.terminations.reshape(-1).take(row)
         return obs[:batch_size], actions, rewards, terminations, obs[batch_size:]
 
-    def save(self, directory: Path) -> dict:  # one plain .npy file per array; returns the rest of the state
-        n = int(np.minimum(self.written, self.capacity).max())  # slots beyond n were never written
-        for name in self.ARRAYS:
-            array = getattr(self, name)[:, :n]
-            write_file(directory / f"{name}.npy", lambda f: np.lib.format.write_array(f, array, allow_pickle=False))
-        meta = {"pos": self.pos.tolist(), "written": self.written.tolist(), "slots": n}
-        return meta | {"rng": self.rng.bit_generator.state}
 
-    def load(self, directory: Path, meta: dict) -> None:
-        for name in self.ARRAYS:
-            target, path = getattr(self, name)[:, : meta["slots"]], directory / f"{name}.npy"
-            try:
-                data = np.load(path, mmap_mode="r", allow_pickle=False)
-            except (OSError, ValueError) as e:
-                raise Exit(f"checkpoint buffer file {path} is unreadable ({e}): truncated or corrupt") from None
-            if data.shape != target.shape or data.dtype != target.dtype:
-                raise Exit(f"checkpoint buffer file {path} is {data.shape} {data.dtype}, not {target.shape}")
-            target[...] = data
-        self.pos, self.written = np.asarray(meta["pos"]), np.asarray(meta["written"])
-        self.rng.bit_generator.state = meta["rng"]
-
-
-# === Speed path (--compile, --cudagraphs): optional, a plain run never enters it ==================
+# === Speed path (--cudagraphs; SAC.__init__ applies it and --compile): a plain run never enters it ====
 def cuda_graphed(step, warmup_calls: int = 3):
-    """step(*tensors), recorded once as a CUDA graph and replayed: one launch per call. Every call is a real step:
-    warmup_calls eager ones on a side stream (creating gradients and optimizer state), one that records, then replays
-    on the recorded inputs, refilled. Needs what SAC provides: in-place state, capturable Adam, no host sync."""
+    """step(*tensors) as a CUDA graph: warmup_calls eager calls on a side stream (creating gradients and optimizer
+    state), one that records, then replays on the refilled inputs. Needs in-place state and no host sync."""
     calls, graph, static_inputs, static_outputs = 0, None, None, None
 
     def run(*inputs):
@@ -334,9 +293,6 @@ def cuda_graphed(step, warmup_calls: int = 3):
     return run
 
 
-# === End of the speed path ========================================================================
-
-
 # --- The SAC update -------------------------------------------------------------------------------
 class SAC:
     def __init__(self, obs_dim: int, low: np.ndarray, high: np.ndarray, args: Args, device: torch.device):
@@ -352,23 +308,18 @@ class SAC:
         adam = dict(fused=device.type in ("cpu", "cuda"), capturable=args.cudagraphs)
         self.q_optimizer = torch.optim.Adam(self.q_params, lr=args.q_lr, **adam)
         self.actor_optimizer = torch.optim.Adam(self.actor.parameters(), lr=args.policy_lr, **adam)
-        self.target_entropy = -float(self.act_dim)
         # the optimizer holds log_alpha; alpha = exp(log_alpha) stays on the device (no host sync per update)
         self.log_alpha = torch.tensor([math.log(args.alpha)], device=device, requires_grad=args.autotune)
         self.a_optimizer = torch.optim.Adam([self.log_alpha], lr=args.q_lr, **adam) if args.autotune else None
         self.alpha = torch.tensor([args.alpha], dtype=torch.float32, device=device)
-        self.n_updates = 0
+        self.target_entropy, self.n_updates = -float(self.act_dim), 0
+        self.networks = {k: getattr(self, k) for k in ("actor", "qf1", "qf2", "qf1_target", "qf2_target")}
+        names = ("q_optimizer", "actor_optimizer", "a_optimizer")
+        self.optimizers = {k: getattr(self, k) for k in names if getattr(self, k) is not None}
         if args.compile:  # speed path: Inductor kernels for the losses' forward and backward
             self.critic_loss, self.actor_loss = torch.compile(self.critic_loss), torch.compile(self.actor_loss)
         for name in ("update_critics", "update_policy", "update_targets", "sample_action") if args.cudagraphs else ():
             setattr(self, name, cuda_graphed(getattr(self, name)))  # speed path: one CUDA graph launch per call
-
-    def modules(self) -> dict[str, nn.Module]:
-        return {name: getattr(self, name) for name in ("actor", "qf1", "qf2", "qf1_target", "qf2_target")}
-
-    def optimizers(self) -> dict[str, torch.optim.Optimizer]:
-        names = ("q_optimizer", "actor_optimizer", "a_optimizer")
-        return {name: getattr(self, name) for name in names if getattr(self, name) is not None}
 
     def to_device(self, batch: tuple[np.ndarray, ...]) -> list[torch.Tensor]:
         tensors = [torch.from_numpy(np.asarray(x, dtype=np.float32)) for x in batch]
@@ -420,8 +371,7 @@ class SAC:
         return (self.alpha * log_pi - min_q).mean(), log_pi
 
     def update_policy(self, obs) -> dict[str, torch.Tensor]:
-        """The actor step, then (autotune) the temperature step on the same log-probs: J(alpha) =
-        E[-alpha (log pi + H_target)], alpha = exp(log_alpha), raises alpha when the entropy is below the target."""
+        """Actor step, then (autotune) J(alpha) = E[-alpha (log pi + H_target)]: alpha rises when the entropy is low."""
         actor_loss, log_pi = self.actor_loss(obs)
         self.actor_optimizer.zero_grad()
         actor_loss.backward()
@@ -440,14 +390,8 @@ class SAC:
     def update_targets(self) -> None:
         torch._foreach_lerp_(self.q_target_params, self.q_params, self.args.tau)  # target += tau (online - target)
 
-    def weights_finite(self) -> bool:
-        tensors = [p for m in self.modules().values() for p in m.parameters()] + [self.log_alpha]
-        return all(bool(torch.isfinite(t).all()) for t in tensors)
-
 
 # --- Files: every write goes through write_file; a failed one raises WriteError (exit 74) ---------
-
-
 class WriteError(Exit):  # a failed write; the reason is the OSError's, found where torch or numpy wrapped it
     def __init__(self, path: Path, e: BaseException):
         while not isinstance(e, OSError) and (e.__cause__ or e.__context__) is not None:
@@ -472,6 +416,7 @@ def fsync_dir(path: Path) -> None:
 def atomic_write(path: Path, write) -> None:  # temporary file, fsync, rename: the old file or the new one, never half
     tmp = path.with_name(f".{path.name}.tmp")
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
         write_file(tmp, write)
         os.replace(tmp, path)
         fsync_dir(path.parent)
@@ -480,36 +425,29 @@ def atomic_write(path: Path, write) -> None:  # temporary file, fsync, rename: t
         raise WriteError(path, e) from None
 
 
-def torch_load(path: Path, what: str) -> dict:  # weights_only: no code in the file can run
+def torch_load(path: Path, what: str, fmt: str) -> dict:  # weights_only: no code in the file can run
     if path.is_dir():
         names = ", ".join(sorted(p.name for p in path.glob("*model.pt"))) or "none"
         raise Exit(f"{what} {path} is a directory; pass a file in it (model files there: {names})")
     if not path.is_file():
         raise Exit(f"{what} {path} does not exist; check the path")
     try:
-        with warnings.catch_warnings():  # torch warns about odd pickle headers: the line below says it all
-            warnings.simplefilter("ignore")
+        with warnings.catch_warnings(action="ignore"):  # torch warns about odd pickle headers: one line says it all
             data = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # not torch's message: it may advise weights_only=False, i.e. running the file's code
         raise Exit(f"{what} {path} is unreadable ({type(e).__name__}): truncated, corrupt, or not ours") from None
-    if not isinstance(data, dict):
+    if not isinstance(data, dict) or data.get("format") != fmt:
         raise Exit(f"{what} {path} is not a file written by sac_continuous.py")
     return data
 
 
-# --- Evaluation and model files -------------------------------------------------------------------
-
-MODEL_FORMAT, CHECKPOINT_FORMAT = "sac_continuous/model/v1", "sac_continuous/checkpoint/v1"
-
-
+# --- Evaluation -----------------------------------------------------------------------------------
 def evaluate(actor: Actor, env_id: str, episodes: int, seed: int, device: torch.device, video_path=None) -> list:
-    """Deterministic returns (tanh of the mean) on a fresh env seeded with `seed`, optionally filming the first
-    episode as MP4. Uses no training RNG, so evaluating never changes the training run."""
+    """Deterministic returns on a fresh env, the first episode optionally filmed; no training RNG is touched."""
     env = make_env(env_id, render_mode="rgb_array" if video_path else None)
     returns, frames = [], []
-    obs, _ = env.reset(seed=seed)
     for episode in range(episodes):
-        total, done = 0.0, False
+        (obs, _), total, done = env.reset(seed=seed if episode == 0 else None), 0.0, False
         while not done:
             with torch.no_grad():
                 action = actor.deterministic(torch.as_tensor(obs, dtype=torch.float32, device=device)[None])
@@ -518,29 +456,17 @@ def evaluate(actor: Actor, env_id: str, episodes: int, seed: int, device: torch.
             if video_path and episode == 0:
                 frames.append(env.render())
         returns.append(total)
-        obs, _ = env.reset()
     env.close()
-    if video_path and frames:
-        tmp = video_path.with_name(video_path.stem + ".part.mp4")
-        try:  # ffmpeg quiet: a failure is reported in one line
-            video_path.parent.mkdir(parents=True, exist_ok=True)
-            fps = env.metadata.get("render_fps", 30)
-            importlib.import_module("imageio.v2").mimsave(tmp, frames, fps=fps, ffmpeg_log_level="quiet")
-            os.replace(tmp, video_path)
-        except (OSError, RuntimeError) as e:
-            tmp.unlink(missing_ok=True)
-            raise WriteError(video_path, e) from None
+    if video_path and frames:  # ffmpeg writes the temporary file by its name, quietly: a failure is one line
+        mp4 = dict(format="FFMPEG", fps=env.metadata.get("render_fps", 30), ffmpeg_log_level="quiet")
+        atomic_write(video_path, lambda f: importlib.import_module("imageio.v2").mimwrite(f.name, frames, **mp4))
     return returns
 
 
-def save_model(agent: SAC, env_id: str, global_step: int, path: Path) -> None:
-    model = dict(format=MODEL_FORMAT, env_id=env_id, global_step=global_step, obs_dim=agent.obs_dim)
-    model.update(act_dim=agent.act_dim, actor=agent.actor.state_dict())
-    model.update(qf1=agent.qf1.state_dict(), qf2=agent.qf2.state_dict())
-    atomic_write(path, lambda f: torch.save(model, f))
-
-
 # --- Checkpoints: atomic, complete (weights, optimizers, buffer, env state, every RNG) and exact --
+MODEL_FORMAT, CHECKPOINT_FORMAT = "sac_continuous/model/v1", "sac_continuous/checkpoint/v1"
+
+
 def find_checkpoint(path: Path) -> Path | None:  # a run, checkpoints/ or step_* dir -> the step dir to load
     for root in (path / "checkpoints", path):
         if (root / "latest").is_file():
@@ -549,19 +475,20 @@ def find_checkpoint(path: Path) -> Path | None:  # a run, checkpoints/ or step_*
 
 
 def save_checkpoint(run_dir: Path, state: dict, rb: ReplayBuffer) -> Path:
-    """checkpoints/step_N/{state.pt, buffer/*.npy} under a temporary name, renamed, then `latest` switched; only then
-    are older checkpoints removed. A failure removes what this call wrote and raises WriteError."""
+    """step_N/{state.pt, buffer/*.npy} written under a temporary name, renamed, `latest` switched, then older ones
+    removed. A failure removes what this call wrote and raises WriteError."""
     root, name = run_dir / "checkpoints", f"step_{state['global_step']:012d}"
     final, tmp = root / name, root / f".tmp_{name}"
-    if find_checkpoint(run_dir) == final:  # this step is saved already (e.g. periodic, then at exit)
-        return final
     try:
-        shutil.rmtree(tmp, ignore_errors=True)
         (tmp / "buffer").mkdir(parents=True)
-        state = {**state, "buffer": rb.save(tmp / "buffer")}
-        fsync_dir(tmp / "buffer")
-        write_file(tmp / "state.pt", lambda f: torch.save(state, f))
-        fsync_dir(tmp)
+        slots = int(np.minimum(rb.written, rb.capacity).max())  # slots beyond were never written
+        for key in rb.ARRAYS:  # plain .npy files: numpy alone reads them
+            array = getattr(rb, key)[:, :slots]
+            write_file(tmp / "buffer" / f"{key}.npy", lambda f: np.lib.format.write_array(f, array, allow_pickle=False))
+        meta = dict(pos=rb.pos.tolist(), written=rb.written.tolist(), slots=slots, rng=rb.rng.bit_generator.state)
+        write_file(tmp / "state.pt", lambda f: torch.save(state | {"buffer": meta}, f))
+        for path in (tmp / "buffer", tmp):
+            fsync_dir(path)
         os.replace(tmp, final)
         fsync_dir(root)
         atomic_write(root / "latest", lambda f: f.write(f"{name}\n".encode()))
@@ -575,20 +502,17 @@ def save_checkpoint(run_dir: Path, state: dict, rb: ReplayBuffer) -> Path:
 
 
 def clear_leftovers(run_dir: Path, keep: Path | None) -> None:
-    """Temporary files of a killed or failed process, partial videos, and checkpoints that `latest` does not name (a
-    kill between the rename and the switch); never `keep`, nor any step_* while there is no `latest`."""
+    """A killed process's temporary files and partial videos, and checkpoints that `latest` does not name."""
     latest, root = find_checkpoint(run_dir), run_dir / "checkpoints"
-    found = [*run_dir.glob(".*.tmp"), *run_dir.glob("videos/*.part.mp4"), *(root.iterdir() if root.is_dir() else [])]
+    found = [*run_dir.glob(".*.tmp"), *run_dir.glob("videos/.*.tmp"), *(root.iterdir() if root.is_dir() else [])]
     for p in found:
         if p in (latest, keep) or p.name == "latest" or (latest is None and p.name.startswith("step_")):
             continue
         shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
 
 
+# MjData is saved whole: it holds derived quantities the next step uses. Its loader accepts that class only.
 class MjDataUnpickler(pickle.Unpickler):
-    """MjData holds derived quantities (e.g. body positions the next reward uses) besides the integration state, so
-    it is saved whole. Its loader accepts that one class and nothing else: no code can run."""
-
     def find_class(self, module, name):
         if (module, name) != ("mujoco._structs", "MjData"):
             raise pickle.UnpicklingError(f"unexpected class {module}.{name} in MuJoCo state")
@@ -600,33 +524,27 @@ def env_layers(env: gym.Env) -> list:
 
 
 def get_env_state(env: gym.Env) -> dict:
-    """The plain-valued attributes of every wrapper and env layer (step counters, episode sums, Pendulum's state...)
-    as python values and tensors (for weights_only loading), the env's RNG, and MuJoCo's MjData whole."""
+    """Every layer's plain attributes (step counters, episode sums...) as python values and tensors, RNG, MjData."""
     layers = []
     for layer in env_layers(env):
         attrs = {k: v for k, v in vars(layer).items() if isinstance(v, (bool, int, float, str, type(None)))}
         attrs |= {k: v.item() for k, v in vars(layer).items() if isinstance(v, np.generic)}  # np.float64 is a float
         attrs |= {k: torch.from_numpy(v.copy()) for k, v in vars(layer).items() if isinstance(v, np.ndarray)}
         layers.append(attrs)
-    base = env.unwrapped
-    state = {"layers": layers, "np_random": base.np_random.bit_generator.state}
-    if type(getattr(base, "data", None)).__name__ == "MjData":
-        state["mjdata"] = pickle.dumps(base.data)
-    return state
+    state = {"layers": layers, "np_random": env.unwrapped.np_random.bit_generator.state}
+    mjdata = getattr(env.unwrapped, "data", None)
+    return state | ({"mjdata": pickle.dumps(mjdata)} if type(mjdata).__name__ == "MjData" else {})
 
 
 def set_env_state(env: gym.Env, state: dict) -> None:
-    layers = env_layers(env)
-    if len(layers) != len(state["layers"]):
-        raise Exit("the checkpoint's environment has a different wrapper stack; it was made by another version")
-    for layer, saved in zip(layers, state["layers"]):
+    base = env.unwrapped
+    for layer, saved in zip(env_layers(env), state["layers"], strict=True):  # the same wrapper stack
         for k, v in saved.items():
             current = getattr(layer, k, None)
             if isinstance(v, torch.Tensor) and isinstance(current, np.ndarray) and current.shape == v.shape:
                 current[...] = v.numpy()  # in place: the array may be shared (e.g. a view into MjData)
             else:
                 setattr(layer, k, v.numpy().copy() if isinstance(v, torch.Tensor) else v)
-    base = env.unwrapped
     base.np_random.bit_generator.state = state["np_random"]
     if "mjdata" in state:
         saved = MjDataUnpickler(io.BytesIO(state["mjdata"])).load()
@@ -634,36 +552,40 @@ def set_env_state(env: gym.Env, state: dict) -> None:
 
 
 def checkpoint_state(args, agent: SAC, envs, obs, global_step: int, best_eval: float, last_return: float) -> dict:
-    # everything the run needs to go on exactly as if it had not stopped (the buffer is added on save)
-    np_state = np.random.get_state()  # its key array as a tensor, for weights_only loading
-    rng = {"python": random.getstate(), "torch": torch.get_rng_state()}
-    rng["numpy"] = [np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), *np_state[2:]]
-    if torch.cuda.is_available():
-        rng["cuda"] = torch.cuda.get_rng_state_all()
+    # everything the run needs to go on exactly as if it had not stopped (save_checkpoint adds the buffer)
+    rng = {"python": random.getstate(), "torch": torch.get_rng_state()}  # numpy's key array as a tensor (weights_only)
+    name, keys, *rest = np.random.get_state()
+    rng["numpy"] = [name, torch.from_numpy(keys.astype(np.int64)), *rest]
+    rng["cuda"] = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []
     state = dict(format=CHECKPOINT_FORMAT, args=dataclasses.asdict(args), obs_dim=agent.obs_dim, act_dim=agent.act_dim)
     state.update(global_step=global_step, n_updates=agent.n_updates, best_eval=best_eval, last_return=last_return)
-    state.update(obs=torch.from_numpy(obs.copy()), modules={k: m.state_dict() for k, m in agent.modules().items()})
-    state.update(optimizers={k: o.state_dict() for k, o in agent.optimizers().items()}, rng=rng)
+    state.update(obs=torch.from_numpy(obs.copy()), modules={k: m.state_dict() for k, m in agent.networks.items()})
+    state.update(optimizers={k: o.state_dict() for k, o in agent.optimizers.items()}, rng=rng)
     state.update(log_alpha=agent.log_alpha.detach().clone(), alpha=agent.alpha.clone())
-    envs_state = dict(action_space_rng=envs.action_space.np_random.bit_generator.state)
-    return state | envs_state | {"envs": [get_env_state(env) for env in envs.envs]}
+    state.update(envs=[get_env_state(env) for env in envs.envs])
+    return state | {"action_space_rng": envs.action_space.np_random.bit_generator.state}
 
 
 def restore(saved: dict, ckpt: Path, agent: SAC, rb: ReplayBuffer, envs: gym.vector.SyncVectorEnv) -> tuple:
     """checkpoint_state's inverse. log_alpha is overwritten in place: the optimizer holds that very tensor."""
     try:
-        for k, m in agent.modules().items():
-            m.load_state_dict(saved["modules"][k])
-        for k, o in agent.optimizers().items():
-            o.load_state_dict(saved["optimizers"][k])
-            for group in o.param_groups:  # how this process steps (fused, capturable) is not part of the run
+        for k, obj in {**agent.networks, **agent.optimizers}.items():
+            obj.load_state_dict(saved["modules" if k in agent.networks else "optimizers"][k])
+        for o in agent.optimizers.values():  # how this process steps (fused, capturable) is not part of the run
+            for group in o.param_groups:
                 group.update(fused=o.defaults["fused"], capturable=o.defaults["capturable"])
-        with torch.no_grad():
-            agent.log_alpha.copy_(saved["log_alpha"])
-            agent.alpha.copy_(saved["alpha"])
-        agent.n_updates = saved["n_updates"]
-        rb.load(ckpt / "buffer", saved["buffer"])
-        for env, env_state in zip(envs.envs, saved["envs"]):
+        agent.log_alpha.data.copy_(saved["log_alpha"])
+        agent.alpha.copy_(saved["alpha"])
+        agent.n_updates, meta = saved["n_updates"], saved["buffer"]
+        for key in rb.ARRAYS:
+            target, path = getattr(rb, key)[:, : meta["slots"]], ckpt / "buffer" / f"{key}.npy"
+            data = np.load(path, mmap_mode="r", allow_pickle=False)
+            if data.shape != target.shape or data.dtype != target.dtype:
+                raise ValueError(f"{path} is {data.shape} {data.dtype}, not {target.shape} {target.dtype}")
+            target[...] = data
+        rb.pos, rb.written = np.asarray(meta["pos"]), np.asarray(meta["written"])
+        rb.rng.bit_generator.state = meta["rng"]
+        for env, env_state in zip(envs.envs, saved["envs"], strict=True):
             set_env_state(env, env_state)
         envs.action_space.np_random.bit_generator.state = saved["action_space_rng"]
         rng = saved["rng"]
@@ -671,16 +593,14 @@ def restore(saved: dict, ckpt: Path, agent: SAC, rb: ReplayBuffer, envs: gym.vec
         torch.set_rng_state(rng["torch"])
         name, keys, *rest = rng["numpy"]
         np.random.set_state((name, keys.numpy().astype(np.uint32), *rest))
-        if "cuda" in rng and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(rng["cuda"])
+        torch.cuda.set_rng_state_all(rng["cuda"]) if rng["cuda"] and torch.cuda.is_available() else None
         return saved["obs"].numpy(), saved["global_step"], saved["best_eval"], saved["last_return"]
-    except (KeyError, RuntimeError, ValueError, TypeError, AttributeError, pickle.UnpicklingError) as e:
-        reason = str(e).splitlines()[0][:160]
-        raise Exit(f"checkpoint {ckpt} does not fit this run ({type(e).__name__}: {reason})") from None
+    except (OSError, KeyError, RuntimeError, ValueError, TypeError, AttributeError, pickle.UnpicklingError) as e:
+        reason = str(e).splitlines()[0][:200]
+        raise Exit(f"checkpoint {ckpt} is damaged or does not fit this run ({type(e).__name__}: {reason})") from None
 
 
-# Arguments that define the run: on --resume they come from the checkpoint. A command-line value
-# that differs from both the default and the checkpoint is a conflict and is refused.
+# Arguments that define the run: on --resume they come from the checkpoint (other non-default values are refused)
 RUN_DEFINING = ("env_id", "num_envs", "buffer_size", "gamma", "tau", "batch_size", "learning_starts")
 RUN_DEFINING += ("policy_lr", "q_lr", "policy_frequency", "target_network_frequency", "alpha", "autotune", "seed")
 
@@ -694,61 +614,44 @@ def prepare_run(args: Args) -> tuple[Args, Path, Path | None, dict | None]:
         run_dir = ckpt.parent.parent if ckpt.parent.name == "checkpoints" else ckpt.parent
     else:
         name = args.run_name or f"{args.env_id}__{args.exp_name}__{args.seed}__{int(time.time())}"
-        run_dir = Path(args.output_dir) / name
+        run_dir = Path(args.output_dir, name)
         ckpt = find_checkpoint(run_dir) if args.resume == "auto" and run_dir.exists() else None
         # --resume auto with no checkpoint yet (e.g. killed before the first one) starts the run afresh
         if ckpt is None and args.resume != "auto" and run_dir.exists() and any(run_dir.iterdir()):
             raise Exit(f"run directory {run_dir} already holds a run; add --resume auto, or choose another --run-name")
     if ckpt is None:
         return args, run_dir, None, None
-    saved = torch_load(ckpt / "state.pt", "checkpoint")
-    if saved.get("format") != CHECKPOINT_FORMAT:
-        raise Exit(f"{ckpt / 'state.pt'} is not a sac_continuous.py checkpoint")
+    saved = torch_load(ckpt / "state.pt", "checkpoint", CHECKPOINT_FORMAT)
+    if saved["global_step"] >= args.total_timesteps:
+        raise Exit(f"{run_dir} is already at step {saved['global_step']}; a larger --total-timesteps extends it", 0)
     for name in RUN_DEFINING:
-        if name not in saved["args"]:
-            raise Exit(f"checkpoint lacks args.{name}; it is damaged or from another version")
-        cli, old = getattr(args, name), saved["args"][name]
+        cli, old = getattr(args, name), saved["args"].get(name)
         if cli != old and cli != getattr(Args(), name):
             raise Exit(f"{flag(name)} {cli} conflicts with the checkpoint's {old}; drop it to resume, or start anew")
     return dataclasses.replace(args, **{k: saved["args"][k] for k in RUN_DEFINING}), run_dir, ckpt, saved
 
 
 def resume_command(args: Args, run_dir: Path) -> str:
-    """--resume restores the run-defining flags; the others (total, evaluation, device...) are given again."""
-    words = [os.environ.get("SAC_COMMAND", "python sac_continuous.py"), "--resume", str(run_dir)]
-    for field in dataclasses.fields(Args):
+    """This run's flags with --resume auto: it goes on from the last checkpoint, or starts afresh if there is none."""
+    args = dataclasses.replace(args, resume="auto", run_name=run_dir.name, output_dir=str(run_dir.parent))
+    words = [os.environ.get("SAC_COMMAND", "python sac_continuous.py")]
+    for field in (f for f in dataclasses.fields(Args) if getattr(args, f.name) != f.default):
         name, value = field.name, getattr(args, field.name)
-        if name in RUN_DEFINING or name in ("resume", "run_name", "output_dir") or value == field.default:
-            continue
         words += [flag(name) if value else flag("no_" + name)] if isinstance(value, bool) else [flag(name), str(value)]
     return " ".join(words)
 
 
-def last_checkpoint(run_dir: Path, good: str = "") -> str:
-    latest = find_checkpoint(run_dir) if run_dir.is_dir() else None
-    return f"the last {good}checkpoint {latest} is intact" if latest else "no checkpoint was written yet"
-
-
 # --- The training loop ----------------------------------------------------------------------------
-def catch_stop_signals() -> list:
-    """First SIGINT/SIGTERM: its name goes into the list (the loop checkpoints and exits 75); a second: exit 130."""
-    caught = []
-
-    def handle(signum, frame):
-        if caught:
+class StopSignals(list):  # SIGINT/SIGTERM: the first one's name is kept (the loop checkpoints, exits 75); again: 130
+    def __call__(self, signum, frame):
+        if self:
             os._exit(EXIT_ABORTED)
-        caught.append(signal.Signals(signum).name)
-        print(f"\n{caught[0]}: finishing this step, writing a checkpoint (again: quit at once)", file=sys.stderr)
-
-    signal.signal(signal.SIGINT, handle)
-    signal.signal(signal.SIGTERM, handle)
-    return caught
+        self.append(signal.Signals(signum).name)
+        print(f"\n{self[0]}: finishing this step, writing a checkpoint (again: quit at once)", file=sys.stderr)
 
 
 def open_run(args: Args, run_dir: Path, ckpt: Path | None, saved: dict | None, global_step: int):
-    """Create the run dir (the first write), clear a killed process's leftovers, write args.json, start W&B (--track;
-    it mirrors TensorBoard) and TensorBoard. On resume, TensorBoard hides what the stopped process logged after its
-    checkpoint, and W&B rewinds the run to its step at that checkpoint. Returns (writer, the wandb module or None)."""
+    """Run dir, args.json, W&B, TensorBoard (on resume both drop what was logged after the checkpoint), progress bar."""
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
     except OSError as e:
@@ -757,66 +660,55 @@ def open_run(args: Args, run_dir: Path, ckpt: Path | None, saved: dict | None, g
     print(f"run: {run_dir}" + (f" (resumed at step {global_step} from {ckpt.name})" if ckpt else ""), file=sys.stderr)
     clear_leftovers(run_dir, keep=ckpt)
     if saved is None:
-        text = json.dumps(dataclasses.asdict(args), indent=2) + "\n"
-        atomic_write(run_dir / "args.json", lambda f: f.write(text.encode()))
-    wandb = importlib.import_module("wandb") if args.track else None
-    if wandb:
-        id_file, step = run_dir / "wandb_run_id", saved and saved.get("wandb_step")
-        run_id = id_file.read_text().strip() if id_file.is_file() else wandb.util.generate_id()
-        where = dict(resume_from=f"{run_id}?_step={step}") if step else dict(id=run_id, resume="allow")
-        init = dict(project=args.wandb_project_name, entity=args.wandb_entity, name=run_dir.name, dir=run_dir)
-        wandb.init(**init, **where, config=dataclasses.asdict(args), sync_tensorboard=True, save_code=True)
-        atomic_write(id_file, lambda f: f.write(run_id.encode()))
+        atomic_write(run_dir / "args.json", lambda f: f.write(json.dumps(dataclasses.asdict(args), indent=2).encode()))
     hook = threading.excepthook  # the writer thread's failed write: the writer re-raises it, reported in one line
     threading.excepthook = lambda a: type(a.thread).__name__ == "_AsyncWriterThread" or hook(a)
     purge_step = global_step + 1 if saved else 0 if any(run_dir.glob("events.out.tfevents.*")) else None
     writer = importlib.import_module("torch.utils.tensorboard").SummaryWriter(str(run_dir), purge_step=purge_step)
-    if saved is None:
-        table = "\n".join(f"|{k}|{v}|" for k, v in dataclasses.asdict(args).items())
-        writer.add_text("hyperparameters", "|param|value|\n|-|-|\n" + table)
-    return writer, wandb
-
-
-def progress_bar(total: int, start: int, learning_starts: int):  # on a terminal only
-    if not sys.stderr.isatty():
-        return None
-    rp = importlib.import_module("rich.progress")
-    columns = [
-        rp.BarColumn(),
-        rp.MofNCompleteColumn(),
-        rp.TextColumn("{task.fields[info]}  ETA"),
-        rp.TimeRemainingColumn(),
-    ]
-    bar = rp.Progress(rp.TextColumn("{task.description}"), *columns, console=rp.Console(stderr=True))
-    phase = "SAC: training" if start >= learning_starts else f"SAC: random actions until {learning_starts:,}"
-    bar.add_task(phase, total=total, completed=start, info="")
+    wandb = importlib.import_module("wandb") if args.track else None
+    if wandb:  # every scalar also goes to W&B at its environment step, so a rerun rewinds W&B to its checkpoint exactly
+        id_file = run_dir / "wandb_run_id"
+        run_id = id_file.read_text().strip() if id_file.is_file() else None
+        init = dict(project=args.wandb_project_name, entity=args.wandb_entity, name=run_dir.name, dir=run_dir.parent)
+        init |= dict(resume_from=run_id and f"{run_id}?_step={global_step}", config=dataclasses.asdict(args))
+        run = wandb.init(**init, save_code=True)
+        atomic_write(id_file, lambda f: f.write(run.id.encode()))
+        add_scalar = writer.add_scalar
+        writer.add_scalar = lambda tag, value, step: (add_scalar(tag, value, step), wandb.log({tag: value}, step=step))
+    if not sys.stderr.isatty():  # the progress bar: on a terminal only
+        return writer, wandb, None
+    rp, text = importlib.import_module("rich.progress"), importlib.import_module("rich.progress").TextColumn
+    columns = [text("{task.description}"), rp.BarColumn(), rp.MofNCompleteColumn(), text("{task.fields[info]}  ETA")]
+    bar = rp.Progress(*columns, rp.TimeRemainingColumn(), console=rp.Console(stderr=True))
+    phase = "SAC: training" if global_step >= args.learning_starts else f"SAC: random until {args.learning_starts:,}"
+    bar.add_task(phase, total=args.total_timesteps, completed=global_step, info="")
     bar.start()
-    return bar
+    return writer, wandb, bar
 
 
 def crossed(step: int, prev_step: int, every: int) -> bool:  # a multiple of `every` lies in (prev_step, step]
     return every > 0 and step // every > prev_step // every
 
 
-def evaluate_and_save(agent: SAC, args: Args, run_dir: Path, global_step: int, best_eval: float, writer, wandb, bar):
+def evaluate_and_save(agent: SAC, args: Args, run_dir: Path, global_step: int, best_eval: float, writer, wandb):
     video = run_dir / "videos" / f"eval_step_{global_step:012d}.mp4" if args.capture_video else None
     returns = evaluate(agent.actor, args.env_id, args.eval_episodes, args.seed + 10_000, agent.device, video)
     mean, std = float(np.mean(returns)), float(np.std(returns))
     writer.add_scalar("eval/mean_return", mean, global_step)
     writer.add_scalar("eval/std_return", std, global_step)
     if video and wandb:
-        wandb.log({"videos/eval": wandb.Video(str(video), format="mp4")}, commit=False)
-    save_model(agent, args.env_id, global_step, run_dir / "model.pt")
-    if mean > best_eval:
-        save_model(agent, args.env_id, global_step, run_dir / "best_model.pt")
-    text = f"step {global_step}: eval return {mean:.1f} ± {std:.1f} over {len(returns)} episodes"
-    bar.console.print(text) if bar else print(text, file=sys.stderr)
+        wandb.log({"videos/eval": wandb.Video(str(video), format="mp4")}, step=global_step)
+    model = dict(format=MODEL_FORMAT, env_id=args.env_id, global_step=global_step, obs_dim=agent.obs_dim)
+    model |= dict(act_dim=agent.act_dim, **{k: getattr(agent, k).state_dict() for k in ("actor", "qf1", "qf2")})
+    for name in ["model.pt"] + (["best_model.pt"] if mean > best_eval else []):
+        atomic_write(run_dir / name, lambda f: torch.save(model, f))
+    print(f"step {global_step}: eval return {mean:.1f} ± {std:.1f} over {len(returns)} episodes", file=sys.stderr)
     return max(mean, best_eval)
 
 
-def diverged(global_step: int, run_dir: Path, what: str) -> Exit:
-    text = f"training diverged at step {global_step} (non-finite {what}); {last_checkpoint(run_dir, good='good ')}"
-    return Exit(text + ". Try lower --policy-lr/--q-lr", EXIT_DIVERGED)
+def last_checkpoint(run_dir: Path) -> str:
+    latest = find_checkpoint(run_dir) if run_dir.is_dir() else None
+    return f"the last checkpoint {latest} is intact" if latest else "no checkpoint was written yet"
 
 
 def train(args: Args) -> int:
@@ -824,10 +716,10 @@ def train(args: Args) -> int:
     device = check_args(args)
     args, run_dir, ckpt, saved = prepare_run(args)
     check_rendering(args.env_id, args.capture_video)
-    envs = make_vector_env(args.env_id, args.num_envs)
+    # SAME_STEP autoreset: an episode's last step returns the reset observation, the real last one in infos["final_obs"]
+    make = [lambda: gym.wrappers.RecordEpisodeStatistics(make_env(args.env_id))] * args.num_envs
+    envs = gym.vector.SyncVectorEnv(make, autoreset_mode=gym.vector.AutoresetMode.SAME_STEP)
     obs_dim, space = envs.single_observation_space.shape[0], envs.single_action_space
-    if saved is not None and (saved.get("obs_dim"), saved.get("act_dim")) != (obs_dim, space.shape[0]):
-        raise Exit(f"checkpoint {ckpt} does not fit {args.env_id}: its observation/action sizes differ")
     random.seed(args.seed)
     np.random.seed(args.seed)
     torch.manual_seed(args.seed)
@@ -839,15 +731,13 @@ def train(args: Args) -> int:
     global_step, best_eval, last_return, info = 0, -math.inf, math.nan, ""
     if saved is not None:  # the checkpoint overwrites all of the above
         obs, global_step, best_eval, last_return = restore(saved, ckpt, agent, rb, envs)
-        if global_step >= args.total_timesteps:
-            print(f"{run_dir} is already at step {global_step}; a larger --total-timesteps extends it", file=sys.stderr)
-            return 0
     else:
         rb.start(obs)
-    caught, bar, writer, wandb = catch_stop_signals(), None, None, None
+    caught, bar, writer, wandb = StopSignals(), None, None, None
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, caught)
     try:
-        writer, wandb = open_run(args, run_dir, ckpt, saved, global_step)
-        bar = progress_bar(args.total_timesteps, global_step, args.learning_starts)
+        writer, wandb, bar = open_run(args, run_dir, ckpt, saved, global_step)
         start_step, start_time = global_step, time.time()
         while global_step < args.total_timesteps:
             # ALGO LOGIC: act (random until learning starts), step the envs, store s' (the real final obs at an end)
@@ -867,30 +757,31 @@ def train(args: Args) -> int:
             # ALGO LOGIC: one SAC update per vector step once learning has started
             if global_step > args.learning_starts:
                 stats = agent.update(rb.sample(args.batch_size))
-                if agent.n_updates % args.log_frequency == 0:
-                    stats = {k: v.item() for k, v in stats.items()} | {"alpha": agent.alpha.item()}
-                    if not all(map(math.isfinite, stats.values())):
-                        raise diverged(global_step, run_dir, ", ".join(f"{k}={v:.4g}" for k, v in stats.items()))
-                    for k, v in stats.items():
-                        writer.add_scalar(f"losses/{k}", v, global_step)
-                    sps = int((global_step - start_step) / (time.time() - start_time))
-                    writer.add_scalar("charts/SPS", sps, global_step)
-                    info = f"{sps} SPS" + ("" if math.isnan(last_return) else f", return {last_return:.1f}")
+            logging = global_step > args.learning_starts and agent.n_updates % args.log_frequency == 0
 
-            # Evaluation (before learning starts, once), model files; checkpoints periodically, at the end, on a signal
+            # Loss logs, evaluations (one before learning), checkpoints (periodic, last, on a signal): never NaN weights
             last, stopping = global_step >= args.total_timesteps, bool(caught) and global_step < args.total_timesteps
             learned = global_step > args.learning_starts or best_eval == -math.inf
             evaluating = (crossed(global_step, prev_step, args.eval_frequency) and learned) or last
-            saving = stopping or crossed(global_step, prev_step, args.checkpoint_frequency)
-            saving = saving or (last and args.checkpoint_frequency > 0)
-            if (evaluating or saving) and not agent.weights_finite():
-                raise diverged(global_step, run_dir, "weights")
+            saving = crossed(global_step, prev_step, args.checkpoint_frequency) or (last and args.checkpoint_frequency)
+            weights = [p for m in agent.networks.values() for p in m.parameters()] + [agent.log_alpha]
+            if (logging or evaluating or saving or stopping) and not all(
+                bool(torch.isfinite(p).all()) for p in weights
+            ):
+                text = f"training diverged at step {global_step} (NaN/Inf weights); {last_checkpoint(run_dir)}"
+                raise Exit(text + ". Try lower --policy-lr/--q-lr", EXIT_DIVERGED)
+            if logging:
+                for k, v in (stats | {"alpha": agent.alpha}).items():
+                    writer.add_scalar(f"losses/{k}", v.item(), global_step)
+                sps = int((global_step - start_step) / (time.time() - start_time))
+                writer.add_scalar("charts/SPS", sps, global_step)
+                info = f"{sps} SPS" + ("" if math.isnan(last_return) else f", return {last_return:.1f}")
             if evaluating:
-                best_eval = evaluate_and_save(agent, args, run_dir, global_step, best_eval, writer, wandb, bar)
-            if saving:
+                best_eval = evaluate_and_save(agent, args, run_dir, global_step, best_eval, writer, wandb)
+            if saving or stopping:
                 writer.flush()  # the events up to this step reach the disk before the checkpoint that follows them
                 state = checkpoint_state(args, agent, envs, obs, global_step, best_eval, last_return)
-                path = save_checkpoint(run_dir, state | {"wandb_step": wandb.run.step if wandb else None}, rb)
+                path = save_checkpoint(run_dir, state, rb)
             if bar:  # restarted when learning starts, so that the ETA is the training rate
                 if prev_step < args.learning_starts <= global_step:
                     bar.reset(0, total=args.total_timesteps, completed=global_step, description="SAC: training")
@@ -901,15 +792,13 @@ def train(args: Args) -> int:
         writer.close()
     except (OSError, WriteError) as e:  # a checkpoint, model, video or event write failed: no training goes on
         e = e if isinstance(e, WriteError) else WriteError(Path(e.filename or run_dir / "events.out.tfevents"), e)
-        fix = f"{last_checkpoint(run_dir)}. Fix it, then resume with: {resume_command(args, run_dir)}"
-        raise Exit(f"{e} at step {global_step}; {fix}", EXIT_IO_ERROR) from None
+        text = f"{e} at step {global_step}; {last_checkpoint(run_dir)}. Fix it, then: {resume_command(args, run_dir)}"
+        raise Exit(text, EXIT_IO_ERROR) from None
     finally:
         bar.stop() if bar else None
         envs.close()
-        try:  # at any exit, what the loggers hold goes to disk if it can
+        with contextlib.suppress(OSError):  # at any exit, what the loggers hold goes to disk if it can
             writer.close() if writer else None
-        except OSError:
-            pass
         wandb.finish() if wandb and wandb.run else None
     print(f"done: {global_step} steps; outputs in {run_dir}", file=sys.stderr)
     return 0
@@ -918,22 +807,19 @@ def train(args: Args) -> int:
 def eval_only(args: Args) -> int:
     device, path = check_args(args), Path(args.eval_checkpoint)
     check_rendering(args.env_id, args.capture_video)
-    data = torch_load(path, "model file")
-    if data.get("format") != MODEL_FORMAT:
-        raise Exit(f"{path} is not a sac_continuous.py model file (model.pt or best_model.pt)")
+    data = torch_load(path, "model file", MODEL_FORMAT)
     if data["env_id"] != args.env_id:
         raise Exit(f"{path} was trained on {data['env_id']}, not {args.env_id}; pass --env-id {data['env_id']}")
-    env = make_env(args.env_id)
-    low, high, obs_dim = env.action_space.low, env.action_space.high, env.observation_space.shape[0]
-    env.close()
-    if (data["obs_dim"], data["act_dim"]) != (obs_dim, len(low)):
-        raise Exit(f"{path}: observation/action sizes {data['obs_dim']}/{data['act_dim']}, not {obs_dim}/{len(low)}")
+    with make_env(args.env_id) as env:
+        low, high, obs_dim = env.action_space.low, env.action_space.high, env.observation_space.shape[0]
     actor = Actor(obs_dim, low, high).to(device)
     actor.load_state_dict(data["actor"])
     video = path.parent / "videos" / f"eval_{path.stem}.mp4" if args.capture_video else None
     returns = evaluate(actor, args.env_id, args.eval_episodes, args.seed + 10_000, device, video)
-    print(f"{args.env_id} {path}: mean return {np.mean(returns):.1f} ± {np.std(returns):.1f} over {len(returns)}")
-    print(f"video: {video}") if video else None
+    result = (
+        f"{args.env_id} {path}: mean return {np.mean(returns):.1f} ± {np.std(returns):.1f} over {len(returns)} episodes"
+    )
+    print(result + (f"; video: {video}" if video else ""))
     return 0
 
 
@@ -948,7 +834,7 @@ def main() -> None:
     try:
         code = eval_only(args) if args.eval_checkpoint else train(args)
     except Exit as e:
-        print(str(e) if e.code == EXIT_INTERRUPTED else f"error: {e}", file=sys.stderr)
+        print(str(e) if e.code in (0, EXIT_INTERRUPTED) else f"error: {e}", file=sys.stderr)
         code = e.code
     except KeyboardInterrupt:  # before training started (setup, eval-only): nothing to save
         print("interrupted", file=sys.stderr)

@@ -1,10 +1,7 @@
-"""benchmark/run.py --slurm against a real Slurm cluster: `bash .ci/slurm.sh` brings up a single-node one on
-this machine (root), runs this file against it with SAC_SLURM_CLUSTER=1, and stops it. Without that
-variable every test here is skipped, with the reason; with it, a cluster that does not answer is a failure.
-
-Three submissions run side by side (about 2-3 minutes on 2 cores): a two-seed array of which one task is
-requeued mid-run (`scontrol requeue`), a one-task array whose time limit comes before the run ends, and,
-outside Slurm, an uninterrupted run of the requeued seed to compare the final model with, bit for bit.
+"""benchmark/run.py --slurm against a real Slurm cluster: `bash .ci/slurm.sh` brings up a one-node one here (root)
+and runs this file with SAC_SLURM_CLUSTER=1; without it every test is skipped, with it a silent cluster fails.
+Side by side (2-3 minutes on 2 cores): a two-seed array with one task requeued mid-run, a one-task array whose time
+limit comes first, and, outside Slurm, an uninterrupted run of the requeued seed to compare with bit for bit.
 """
 
 from __future__ import annotations
@@ -17,11 +14,10 @@ import time
 from pathlib import Path
 
 import pytest
+import report  # benchmark/report.py (pyproject.toml puts benchmark/ on the path)
 
 ROOT = Path(__file__).resolve().parent.parent
 BENCH = ROOT / "benchmark"
-sys.path.insert(0, str(BENCH))
-import report  # noqa: E402  (benchmark/report.py)
 
 pytestmark = pytest.mark.skipif(
     os.environ.get("SAC_SLURM_CLUSTER") != "1",
@@ -30,6 +26,8 @@ pytestmark = pytest.mark.skipif(
 
 TINY = ["--learning-starts", "500", "--eval-frequency", "500", "--eval-episodes", "2", "--batch-size", "64"]
 TINY += ["--buffer-size", "10000"]
+# one thread everywhere (sbatch passes the environment on to the tasks), so that runs here and there match bit for bit
+ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 TOTAL = 4000  # the requeued array (seeds 1, 2) and the reference run of seed 2
 TOTAL_LIMITED = 12000  # on 2 cores longer than 80 s, by when the warning has come for sure: cut at least once
 DEADLINE = 600  # seconds for everything to finish (about 3 minutes on 2 idle cores)
@@ -38,11 +36,11 @@ DEADLINE = 600  # seconds for everything to finish (about 3 minutes on 2 idle co
 def runner(out: Path, seeds: list[str], total: int, *options: str) -> subprocess.CompletedProcess:
     cmd = [sys.executable, str(BENCH / "run.py"), "--envs", "Pendulum-v1", "--seeds", *seeds, "--device", "cpu"]
     cmd += ["--output-dir", str(out), "--total-timesteps", str(total), *options, "--", *TINY]
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=120, cwd=ROOT)
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=120, cwd=ROOT, env=ENV)
 
 
 def submit(out: Path, seeds: list[str], total: int, *options: str) -> str:
-    res = runner(out, seeds, total, "--slurm", "--mem", "1G", "--cpus-per-task", "1", *options)
+    res = runner(out, seeds, total, "--slurm", "--mem", "1G", *options)
     assert res.returncode == 0, res.stdout + res.stderr
     return re.search(r"as Slurm job array (\d+)", res.stdout).group(1)
 
@@ -90,8 +88,8 @@ def runs(cluster, tmp_path_factory):
     job_limited = submit(limited, ["3"], TOTAL_LIMITED, "--time", "00:02:00", "--signal-before", "70")
     reference = subprocess.Popen(
         [sys.executable, str(BENCH / "run.py"), "--envs", "Pendulum-v1", "--seeds", "2", "--device", "cpu",
-         "--threads", "1", "--output-dir", str(ref), "--total-timesteps", str(TOTAL), "--", *TINY],
-        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)  # fmt: skip
+         "--output-dir", str(ref), "--total-timesteps", str(TOTAL), "--", *TINY],
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=ENV)  # fmt: skip
     dump = [arr / "_slurm" / "logs" / f"Pendulum-v1__seed{s}.log" for s in (1, 2)]
     dump += [limited / "_slurm" / "logs" / "Pendulum-v1__seed3.log"]
     try:
