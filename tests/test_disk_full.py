@@ -12,6 +12,7 @@ from types import SimpleNamespace
 
 import conftest as h
 import pytest
+import torch
 
 import sac_continuous as sac
 
@@ -26,6 +27,14 @@ def reference(tmp_path_factory) -> Path:
     cwd = tmp_path_factory.mktemp("reference")
     h.ok(h.main_in(cwd, *FLAGS))
     return cwd / "runs" / "r"
+
+
+def test_best_model_is_the_best_evaluation_and_model_the_last(reference):
+    curve = h.scalars(reference)["eval/mean_return"]  # at 60, 120 and 150
+    best = max(curve, key=lambda p: p[1])[0]
+    assert best != TOTAL, "precondition: the last evaluation is not the best"
+    models = [torch.load(reference / name, weights_only=True) for name in ("best_model.pt", "model.pt")]
+    assert [m["global_step"] for m in models] == [best, TOTAL]
 
 
 def intact(run_dir: Path) -> dict:

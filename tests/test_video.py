@@ -65,7 +65,7 @@ def mimsave(path, *args, **kwargs):  # the second video: ffmpeg wrote part of it
         Path(path).write_bytes(bytes(1000))
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
     return original(path, *args, **kwargs)
-imageio.mimsave = mimsave
+imageio.mimsave = imageio.mimwrite = mimsave
 import sac_continuous as sac
 sys.argv[0] = sac.__file__
 sac.main()
