@@ -113,8 +113,7 @@ def latest_name(run_dir: Path) -> str | None:
 
 
 def latest_ckpt(run_dir: Path) -> Path:
-    name = latest_name(run_dir)
-    assert name, f"{run_dir} has no checkpoints/latest"
+    assert (name := latest_name(run_dir)), f"{run_dir} has no checkpoints/latest"
     return run_dir / "checkpoints" / name
 
 

@@ -186,3 +186,26 @@ def test_progress_bar_on_a_terminal_has_the_training_rate_eta_and_no_nan_return(
     frames = re.findall(r"(\d+)/300\s[^/]*?ETA\s+(\d+):(\d\d):(\d\d)", screen)
     etas = [(int(m), int(h) * 3600 + int(mi) * 60 + int(s)) for m, h, mi, s in frames if int(m) >= 110]
     assert etas and all(eta >= (300 - m) / 20 - 1 for m, eta in etas), etas
+
+
+# the script with the load average it reads (its one input besides the flags) replaced, printing its final thread count
+THREADS_WRAPPER = """import atexit, os, runpy, sys
+os.getloadavg = lambda: (float(os.environ["FAKE_LOAD"]),) * 3
+import torch
+atexit.register(lambda: print("torch threads", torch.get_num_threads(), file=sys.stderr))
+runpy.run_path(sys.argv[0], run_name="__main__")
+"""
+
+
+THREADS = {"idle: every core": (0, [], {}, os.cpu_count()), "busy: one thread": (50, [], {}, 1)}
+THREADS |= {"--num-threads reaches torch": (0, ["--num-threads", "1"], {}, 1)}
+THREADS |= {"OMP_NUM_THREADS is kept": (0, [], {"OMP_NUM_THREADS": "1"}, 1)}
+
+
+@pytest.mark.skipif((os.cpu_count() or 1) < 2, reason="one core: every rule gives one thread")
+@pytest.mark.parametrize("load,extra,user_env,threads", THREADS.values(), ids=list(THREADS))
+def test_thread_count_follows_the_flag_the_environment_or_the_idle_cores(tmp_path, load, extra, user_env, threads):
+    (wrapper := tmp_path / "wrapper.py").write_text(THREADS_WRAPPER.replace("sys.argv[0]", repr(str(SCRIPT))))
+    env = {k: v for k, v in os.environ.items() if k not in ("OMP_NUM_THREADS", "MKL_NUM_THREADS")} | user_env
+    res = ok(run_script(tmp_path, *flags(log_frequency=5), *extra, script=wrapper, env=env | {"FAKE_LOAD": str(load)}))
+    assert f"torch threads {threads}" in res.err, res.err

@@ -55,7 +55,7 @@ def fail_write(monkeypatch, name: str, nth: int, code: int, run_dir: Path) -> Si
     original, fault = sac.write_file, SimpleNamespace(calls=0, before=None)
 
     def write_file(path, write):
-        if re.sub(r"^\.|\.tmp$", "", Path(path).name) == name:
+        if re.sub(r"^\.|\.tmp(?=\.|$)", "", Path(path).name) == name:
             fault.calls += 1
             if fault.calls == nth:
                 fault.before = intact(run_dir)
