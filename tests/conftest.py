@@ -127,10 +127,8 @@ def load_buffer(ckpt: Path) -> dict[str, np.ndarray]:
 
 def tree(root: Path) -> dict[str, str]:
     """Every path under root with a hash of its bytes: equal trees mean nothing was written or removed."""
-    return {
-        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest() if p.is_file() else "dir"
-        for p in sorted(root.rglob("*"))
-    }
+    digest = {p: hashlib.sha256(p.read_bytes()).hexdigest() if p.is_file() else "dir" for p in root.rglob("*")}
+    return {str(p.relative_to(root)): h for p, h in sorted(digest.items())}
 
 
 def temporaries(run_dir: Path) -> list[Path]:
@@ -263,10 +261,5 @@ def make_agent(device: str = "cpu", **kw) -> sac.SAC:
 def make_batch(n: int = 32, seed: int = 0) -> tuple[np.ndarray, ...]:
     g = np.random.default_rng(seed)
     obs, next_obs = (g.normal(size=(n, OBS_DIM)).astype(np.float32) for _ in range(2))
-    return (
-        obs,
-        g.uniform(-1, 1, (n, ACT_DIM)).astype(np.float32),
-        g.normal(size=n).astype(np.float32),
-        g.random(n) < 0.3,
-        next_obs,
-    )
+    actions, rewards = g.uniform(-1, 1, (n, ACT_DIM)).astype(np.float32), g.normal(size=n).astype(np.float32)
+    return obs, actions, rewards, g.random(n) < 0.3, next_obs

@@ -198,8 +198,10 @@ runpy.run_path(sys.argv[0], run_name="__main__")
 
 
 THREADS = {"idle: every core": (0, [], {}, os.cpu_count()), "busy: one thread": (50, [], {}, 1)}
-THREADS |= {"--num-threads reaches torch": (0, ["--num-threads", "1"], {}, 1)}
-THREADS |= {"OMP_NUM_THREADS is kept": (0, [], {"OMP_NUM_THREADS": "1"}, 1)}
+THREADS |= {
+    "--num-threads": (0, ["--num-threads", "1"], {}, 1),
+    "OMP_NUM_THREADS kept": (0, [], {"OMP_NUM_THREADS": "1"}, 1),
+}
 
 
 @pytest.mark.skipif((os.cpu_count() or 1) < 2, reason="one core: every rule gives one thread")

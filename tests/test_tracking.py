@@ -65,11 +65,8 @@ def test_a_rerun_continues_the_wandb_run_rewound_to_its_checkpoint(tmp_path):
         time.sleep(0.2)
     proc.send_signal(signal.SIGTERM)
     assert finish(proc).code == 75
-    run_dir, backup, stop = (
-        tmp_path / "runs" / "r",
-        tmp_path / "backup",
-        int(latest_ckpt(tmp_path / "runs" / "r").name[5:]),
-    )
+    run_dir, backup = tmp_path / "runs" / "r", tmp_path / "backup"
+    stop = int(latest_ckpt(run_dir).name[5:])
     shutil.copytree(run_dir, backup)
     resume = [*TRACK, "--total-timesteps", str(stop + 200), "--resume", "auto"]
     ok(run_script(tmp_path, *resume, env=OFFLINE))

@@ -2,6 +2,7 @@
 (critics, actor, Polyak targets by tau, alpha), and the delayed actor and target updates."""
 
 import copy
+import os
 
 import numpy as np
 import pytest
@@ -44,11 +45,8 @@ def test_update_losses_are_the_sac_losses(kw):
 
 def test_update_steps_critics_and_actor_and_moves_targets_by_tau():
     agent = make_agent(tau=0.1)
-    actor, online, targets = (
-        params(agent.actor),
-        params(agent.qf1, agent.qf2),
-        params(agent.qf1_target, agent.qf2_target),
-    )
+    actor, online = params(agent.actor), params(agent.qf1, agent.qf2)
+    targets = params(agent.qf1_target, agent.qf2_target)
     agent.update(make_batch())
     assert all(not torch.equal(a, b) for a, b in zip(actor + online, params(agent.actor, agent.qf1, agent.qf2)))
     for old, new, p in zip(targets, params(agent.qf1_target, agent.qf2_target), params(agent.qf1, agent.qf2)):
@@ -90,3 +88,16 @@ def test_policy_and_target_network_frequency_delay_the_updates():
         moved = any(not torch.equal(a, b) for a, b in zip(targets, params(agent.qf1_target, agent.qf2_target)))
         assert moved == (i % 2 == 0)
         assert agent.actor_optimizer.state[first_weight]["step"].item() == 2 * (i // 2 + 1)
+
+
+@pytest.mark.skipif((os.cpu_count() or 1) < 2, reason="one core: nothing to compare")
+def test_the_thread_count_does_not_change_the_arithmetic():  # a run may change it (--num-threads 0): exact resume
+    results = []
+    for threads in (1, 2):
+        torch.set_num_threads(threads)
+        agent = make_agent()
+        for seed in range(5):
+            agent.update(make_batch(256, seed))
+        results.append([p.detach().clone() for m in agent.networks.values() for p in m.parameters()])
+    torch.set_num_threads(1)
+    assert all(torch.equal(a, b) for a, b in zip(*results))
