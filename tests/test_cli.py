@@ -189,19 +189,15 @@ def test_progress_bar_on_a_terminal_has_the_training_rate_eta_and_no_nan_return(
 
 
 # the script with the load average it reads (its one input besides the flags) replaced, printing its final thread count
-THREADS_WRAPPER = """import atexit, os, runpy, sys
+THREADS_WRAPPER = """import atexit, os, runpy, sys, torch
 os.getloadavg = lambda: (float(os.environ["FAKE_LOAD"]),) * 3
-import torch
 atexit.register(lambda: print("torch threads", torch.get_num_threads(), file=sys.stderr))
-runpy.run_path(sys.argv[0], run_name="__main__")
-"""
+runpy.run_path(sys.argv[0], run_name="__main__")"""
 
 
 THREADS = {"idle: every core": (0, [], {}, os.cpu_count()), "busy: one thread": (50, [], {}, 1)}
-THREADS |= {
-    "--num-threads": (0, ["--num-threads", "1"], {}, 1),
-    "OMP_NUM_THREADS kept": (0, [], {"OMP_NUM_THREADS": "1"}, 1),
-}
+THREADS["--num-threads"] = (0, ["--num-threads", "1"], {}, 1)
+THREADS["OMP_NUM_THREADS kept"] = (0, [], {"OMP_NUM_THREADS": "1"}, 1)
 
 
 @pytest.mark.skipif((os.cpu_count() or 1) < 2, reason="one core: every rule gives one thread")
