@@ -21,6 +21,7 @@ import time
 from collections import defaultdict
 from pathlib import Path
 
+import gymnasium as gym
 import numpy as np
 import torch
 
@@ -31,7 +32,8 @@ import sac_continuous as sac  # noqa: E402
 class Ours:
     def __init__(self, env_id: str, learning_starts: int, device: torch.device, seed: int, phases: bool, **fast):
         self.args = sac.Args(env_id=env_id, learning_starts=learning_starts, seed=seed, **fast)
-        self.envs = sac.make_vector_env(env_id, 1)
+        make = [lambda: gym.wrappers.RecordEpisodeStatistics(sac.make_env(env_id))]  # as sac_continuous.train
+        self.envs = gym.vector.SyncVectorEnv(make, autoreset_mode=gym.vector.AutoresetMode.SAME_STEP)
         obs_dim, space = self.envs.single_observation_space.shape[0], self.envs.single_action_space
         torch.manual_seed(seed)
         self.agent = sac.SAC(obs_dim, space.low, space.high, self.args, device)
