@@ -74,7 +74,7 @@ trap cleanup EXIT
 
 # docker run with a name (removed on exit) and a time limit; "$@" = run options, image, arguments
 run_container() {
-    local name=sac-ci-$$-${#CONTAINERS[@]}
+    local name=sac-ci-$$-$RANDOM$RANDOM  # unique also when called in a subshell, whose CONTAINERS+= is lost
     CONTAINERS+=("$name")
     timeout 600 docker run --rm --name "$name" -e OMP_NUM_THREADS=1 "$@"
 }
@@ -190,8 +190,8 @@ log "uid $USER_ID: HOME and caches writable; SAC_COMMAND is README's line"
 runs=$WORK/runs
 mkdir -p "$runs" && chown "$USER_ID" "$runs"
 track=()
-run_container --entrypoint python "$IMAGE" sac_continuous.py --help 2>/dev/null | grep -q -- '--track' \
-    && track=(--track)
+help=$(run_container --entrypoint python "$IMAGE" sac_continuous.py --help 2>/dev/null)  # whole: no early pipe close
+[[ $help == *--track* ]] && track=(--track)
 log "training as uid $USER_ID: Pendulum-v1, 2000 steps ${track[*]}"
 t=$SECONDS
 run_container --user "$USER_ID" -e WANDB_MODE=offline -v "$runs:/app/runs" "$IMAGE" --env-id Pendulum-v1 \
@@ -222,7 +222,7 @@ if grep -q SAC_COMMAND sac_continuous.py; then
     wait "$pid"
     code=$?
     [ "$code" -eq 75 ] || { tail -5 "$WORK/stop.err" >&2; fail "docker stop: exit $code, not 75"; }
-    grep -qF "Resume with: $sac_command --resume runs/stopped" "$WORK/stop.err" \
+    grep -qF "Resume with: $sac_command " "$WORK/stop.err" && grep -qF -- "--resume auto --run-name stopped" "$WORK/stop.err" \
         || { tail -3 "$WORK/stop.err" >&2; fail "docker stop: the resume command does not start with SAC_COMMAND"; }
     log "docker stop: exit 75, $(grep -o 'Resume with: .*' "$WORK/stop.err")"
 fi

@@ -149,7 +149,7 @@ def test_task_at_its_time_limit_checkpoints_requeues_itself_and_finishes(runs):
     assert "time limit near (SIGUSR1)" in text, f"finished before the warning; raise TOTAL_LIMITED\n{text}"
     assert "scontrol requeue failed" not in text
     step = re.search(r"stopped by SIGTERM at step (\d+)", text).group(1)
-    assert "exit 75: requeueing" in text and f"resumed {limited / 'Pendulum-v1__seed3'} at step {step}" in text
+    assert "exit 75: requeueing" in text and f"run: {limited / 'Pendulum-v1__seed3'} (resumed at step {step}" in text
     assert report.checkpoint_step(limited / "Pendulum-v1__seed3") == TOTAL_LIMITED
     assert text.rstrip().endswith("exit 0: done")
     slurm_out = "".join(p.read_text() for p in (limited / "_slurm" / "logs").glob("slurm-*.out"))
