@@ -767,9 +767,8 @@ def train(args: Args) -> int:
             learned = global_step > args.learning_starts or best_eval == -math.inf
             evaluating = (crossed(global_step, prev_step, args.eval_frequency) and learned) or last
             saving = crossed(global_step, prev_step, args.checkpoint_frequency) or (last and args.checkpoint_frequency)
-            weights = [p for m in agent.networks.values() for p in m.parameters()] + [agent.log_alpha]
             if (logging or evaluating or saving or stopping) and not all(
-                bool(torch.isfinite(p).all()) for p in weights
+                torch.isfinite(p).all() for m in agent.networks.values() for p in [*m.parameters(), agent.log_alpha]
             ):
                 text = f"training diverged at step {global_step} (NaN/Inf weights); {last_checkpoint(run_dir)}"
                 raise Exit(text + ". Try lower --policy-lr/--q-lr", EXIT_DIVERGED)
