@@ -28,6 +28,11 @@ import torch.nn as nn
 import torch.nn.functional as F
 import tyro
 
+# Same seed, same bits at any thread count. MKL's strict mode makes its matrix products independent of the thread
+# count (read at MKL's first call); cuBLAS's fixed workspace keeps CUDA's deterministic (read when CUDA starts).
+os.environ.setdefault("MKL_CBWR", "AUTO,STRICT")
+os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+
 EXIT_BAD_INPUT, EXIT_DIVERGED, EXIT_IO_ERROR, EXIT_INTERRUPTED, EXIT_ABORTED = 2, 3, 74, 75, 130  # see above
 
 
@@ -717,6 +722,8 @@ def last_checkpoint(run_dir: Path) -> str:
 def train(args: Args) -> int:
     # Setup: everything that can refuse the input happens before anything is written
     device = check_args(args)
+    if device.type == "cpu" and not torch.backends.mkl.is_available():  # e.g. ARM, Apple: no thread-exact mode
+        print("note: torch has no MKL here; a run gives the same bits only at the same --num-threads", file=sys.stderr)
     args, run_dir, ckpt, saved = prepare_run(args)
     check_rendering(args.env_id, args.capture_video)
     # SAME_STEP autoreset: an episode's last step returns the reset observation, the real last one in infos["final_obs"]

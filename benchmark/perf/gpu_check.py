@@ -170,7 +170,7 @@ def part_resume(a: argparse.Namespace, work: Path) -> dict:
     mid, total = 477, 700
     flags = f"--env-id Pendulum-v1 --device {a.device} --learning-starts 300 --batch-size 64 --buffer-size 400"
     flags += f" --eval-frequency 0 --checkpoint-frequency {mid} --log-frequency 10 --run-name r --resume auto"
-    env = {"OMP_NUM_THREADS": "1", "CUBLAS_WORKSPACE_CONFIG": ":4096:8"}
+    env = {"OMP_NUM_THREADS": "1"}  # CUBLAS_WORKSPACE_CONFIG: the script sets it itself, as for any user
 
     def run(d: str, steps: int) -> subprocess.Popen:
         cmd = [sys.executable, "sac_continuous.py", *flags.split(), f"--total-timesteps={steps}"]
