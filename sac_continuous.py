@@ -28,9 +28,21 @@ import torch.nn as nn
 import torch.nn.functional as F
 import tyro
 
-# Same seed, same bits at any thread count. MKL's strict mode makes its matrix products independent of the thread
-# count (read at MKL's first call); cuBLAS's fixed workspace keeps CUDA's deterministic (read when CUDA starts).
-os.environ.setdefault("MKL_CBWR", "AUTO,STRICT")
+
+def mkl_strict_mode(cpuinfo: str) -> str | None:
+    """MKL's strict reproducible mode (MKL_CBWR) for this CPU: matrix products with the same bits at any thread count.
+    MKL has it on its AVX2 and AVX-512 code paths: Intel CPUs choose theirs (AUTO), others (AMD) are given AVX2."""
+    words = cpuinfo.split()
+    if words and "avx2" not in words:
+        return None  # an old CPU: no strict mode (main says so)
+    return "AUTO,STRICT" if "GenuineIntel" in words or not words else "AVX2,STRICT"
+
+
+# Same seed, same bits at any thread count. MKL reads MKL_CBWR at its first call, cuBLAS its workspace setting (fixed,
+# hence deterministic) when CUDA starts: both before any use. A value the user set is kept.
+mode = mkl_strict_mode(Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").is_file() else "")  # off Linux: ""
+if mode:
+    os.environ.setdefault("MKL_CBWR", mode)
 os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
 
 EXIT_BAD_INPUT, EXIT_DIVERGED, EXIT_IO_ERROR, EXIT_INTERRUPTED, EXIT_ABORTED = 2, 3, 74, 75, 130  # see above
@@ -722,8 +734,10 @@ def last_checkpoint(run_dir: Path) -> str:
 def train(args: Args) -> int:
     # Setup: everything that can refuse the input happens before anything is written
     device = check_args(args)
-    if device.type == "cpu" and not torch.backends.mkl.is_available():  # e.g. ARM, Apple: no thread-exact mode
-        print("note: torch has no MKL here; a run gives the same bits only at the same --num-threads", file=sys.stderr)
+    if device.type == "cpu" and not (torch.backends.mkl.is_available() and "STRICT" in os.environ.get("MKL_CBWR", "")):
+        print(
+            "note: no thread-exact BLAS mode here (MKL, AVX2): same bits only at a fixed --num-threads", file=sys.stderr
+        )
     args, run_dir, ckpt, saved = prepare_run(args)
     check_rendering(args.env_id, args.capture_video)
     # SAME_STEP autoreset: an episode's last step returns the reset observation, the real last one in infos["final_obs"]

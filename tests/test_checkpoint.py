@@ -23,7 +23,7 @@ import sac_continuous as sac
 
 LEARNING_STARTS, MID, TOTAL = 300, 477, 700  # MID: a checkpoint inside an episode of both envs
 # the buffer (400 slots) has wrapped around before MID: saving and loading a wrapped ring is covered
-RUN_DEFINING = ["--learning-starts", LEARNING_STARTS, "--batch-size", 64, "--buffer-size", 400]
+RUN_DEFINING = ["--learning-starts", LEARNING_STARTS, "--batch-size", 256, "--buffer-size", 400]  # batch: the default
 OTHERS = ["--eval-frequency", 0, "--eval-episodes", 1, "--checkpoint-frequency", MID, "--log-frequency", 10]
 OTHERS += ["--device", "cpu", "--run-name", "r", "--resume", "auto"]
 
@@ -113,6 +113,34 @@ def test_kill_9_then_the_same_resume_auto_command_ends_bitwise_like_the_uninterr
     res = h.ok(h.run_script(tmp_path, *runs.pendulum))
     assert f"at step {MID}" in res.err
     assert_same_run(runs.base / "Pendulum-v1" / "runs" / "r", run_dir)
+
+
+# the script under a load average that swings between idle and busy at each reading, so that the default thread rule
+# switches between one thread and every core at each loss log; it reports the thread counts it used
+SWINGING_LOAD = """import atexit, itertools, os, runpy, sys, torch
+loads, used, set_threads = itertools.cycle([0.0, 50.0]), set(), torch.set_num_threads
+os.getloadavg = lambda: (next(loads),) * 3
+torch.set_num_threads = lambda n: (used.add(n), set_threads(n))
+atexit.register(lambda: print("threads used", sorted(used), file=sys.stderr))
+runpy.run_path(SCRIPT, run_name="__main__")"""
+
+
+@pytest.mark.skipif((os.cpu_count() or 1) < 2, reason="one core: the thread count cannot change")
+def test_kill_9_and_resume_under_the_default_thread_rule_end_bitwise_like_one_thread(runs, tmp_path):
+    """The default rule (no --num-threads, no OMP_NUM_THREADS) changes the thread count during the run; killed after
+    MID and resumed under it, the run ends bit for bit like the uninterrupted one-thread run."""
+    (wrapper := tmp_path / "swing.py").write_text(SWINGING_LOAD.replace("SCRIPT", repr(str(h.SCRIPT))))
+    env = {k: v for k, v in os.environ.items() if k not in ("OMP_NUM_THREADS", "MKL_NUM_THREADS")}
+    run_dir = tmp_path / "runs" / "r"
+    proc = h.start(tmp_path, *runs.pendulum, script=wrapper, env=env)
+    wait_until(lambda: h.latest_name(run_dir) == h.step_name(MID), proc, "checkpoint at MID")
+    proc.kill()
+    proc.wait()
+    res = h.ok(h.run_script(tmp_path, *runs.pendulum, script=wrapper, env=env))
+    assert f"at step {MID}" in res.err and f"threads used [1, {os.cpu_count()}]" in res.err, res.err
+    ref = runs.base / "Pendulum-v1" / "runs" / "r"
+    h.assert_same_checkpoint(h.latest_ckpt(ref), h.latest_ckpt(run_dir))
+    h.assert_same_models(ref, run_dir)
 
 
 HOLD_UPDATE = """
@@ -261,7 +289,7 @@ def test_a_damaged_or_foreign_checkpoint_is_refused_in_one_line(runs, tmp_path, 
     assert not (tmp_path / "PWNED").exists()
 
 
-@pytest.mark.parametrize("flag,value,saved", [("--env-id", "Hopper-v5", "Pendulum-v1"), ("--batch-size", 32, 64)])
+@pytest.mark.parametrize("flag,value,saved", [("--env-id", "Hopper-v5", "Pendulum-v1"), ("--batch-size", 32, 256)])
 def test_a_flag_that_conflicts_with_the_checkpoint_is_refused(runs, tmp_path, flag, value, saved):
     run_dir = tmp_path / "r"
     shutil.copytree(runs.mid, run_dir)

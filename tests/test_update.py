@@ -2,6 +2,9 @@
 (critics, actor, Polyak targets by tau, alpha), and the delayed actor and target updates."""
 
 import copy
+import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -91,23 +94,39 @@ def test_policy_and_target_network_frequency_delay_the_updates():
         assert agent.actor_optimizer.state[first_weight]["step"].item() == 2 * (i // 2 + 1)
 
 
-@pytest.mark.parametrize("obs_dim,act_dim", [(3, 2), (348, 17)], ids=["small", "Humanoid-v5"])
-def test_the_thread_count_does_not_change_the_arithmetic(obs_dim, act_dim):
-    """Exact resume and the same bits under the default thread rule (which changes the count during a run): 1, 2 and
-    4 threads give the same weights after a few updates and actions (MKL's strict mode, set by the script)."""
+# 1, 2 and 4 threads: the same weights after a few updates, and the same actions, at two network sizes
+THREADS_COMPARED = """import numpy as np, torch, sac_continuous as sac
+for obs_dim, act_dim in [(3, 2), (348, 17)]:  # small; Humanoid-v5
     results = []
     for threads in (1, 2, 4):
         torch.set_num_threads(threads)
         torch.manual_seed(0)
-        agent = sac.SAC(
-            obs_dim, -np.ones(act_dim, np.float32), np.ones(act_dim, np.float32), sac.Args(), torch.device("cpu")
-        )
+        bound = np.ones(act_dim, np.float32)
+        agent = sac.SAC(obs_dim, -bound, bound, sac.Args(), torch.device("cpu"))
         g = np.random.default_rng(0)
         for _ in range(4):
-            batch = [g.normal(size=(256, n)).astype(np.float32) for n in (obs_dim, act_dim, 1, 1, obs_dim)]
-            agent.update([batch[0], batch[1], batch[2][:, 0], batch[3][:, 0] > 1, batch[4]])
+            x = [g.normal(size=(256, n)).astype(np.float32) for n in (obs_dim, act_dim, 1, 1, obs_dim)]
+            agent.update((x[0], x[1], x[2][:, 0], x[3][:, 0] > 1, x[4]))
         actions = agent.act(g.normal(size=(8, obs_dim)).astype(np.float32))
-        results.append([p.detach().clone() for m in agent.networks.values() for p in m.parameters()] + [actions])
-    torch.set_num_threads(1)
-    for other in results[1:]:
-        assert all(np.array_equal(np.asarray(a), np.asarray(b)) for a, b in zip(results[0], other))
+        results.append([p.detach().numpy() for m in agent.networks.values() for p in m.parameters()] + [actions])
+    same = all(np.array_equal(a, b) for other in results[1:] for a, b in zip(results[0], other))
+    print(obs_dim, act_dim, "same" if same else "DIFFERENT")
+"""
+AMD_CPUINFO = "vendor_id : AuthenticAMD\nflags : fpu sse2 avx avx2 fma\n"
+
+
+@pytest.mark.parametrize("cpu", ["this CPU", "AMD (MKL's AVX2 path)"])
+def test_the_thread_count_does_not_change_the_arithmetic(cpu):
+    """Exact resume and the same bits under the default thread rule, which changes the count during a run. A fresh
+    process, since MKL reads its mode once; an AMD CPU is simulated by the mode the script gives it."""
+    env = dict(os.environ)
+    if cpu.startswith("AMD"):
+        env["MKL_CBWR"] = sac.mkl_strict_mode(AMD_CPUINFO)
+    res = subprocess.run([sys.executable, "-c", THREADS_COMPARED], capture_output=True, text=True, env=env, timeout=300)
+    assert res.returncode == 0 and res.stdout.split("\n")[:2] == ["3 2 same", "348 17 same"], res.stdout + res.stderr
+
+
+def test_mkl_strict_mode_per_cpu():
+    assert sac.mkl_strict_mode("vendor_id : GenuineIntel\nflags : avx avx2 avx512f\n") == "AUTO,STRICT"
+    assert sac.mkl_strict_mode(AMD_CPUINFO) == "AVX2,STRICT"
+    assert sac.mkl_strict_mode("vendor_id : GenuineIntel\nflags : sse2 avx\n") is None  # no strict path in MKL
