@@ -49,6 +49,16 @@ def test_a_valid_run_names_its_directory_first(tmp_path):
     assert (tmp_path / "out" / "r" / "model.pt").is_file()
 
 
+def test_without_a_thread_exact_blas_mode_a_run_says_so_in_one_line(tmp_path, monkeypatch):
+    """As on torch without MKL or a CPU without MKL's strict mode: here, a non-strict MKL_CBWR of the user's."""
+    monkeypatch.setenv("MKL_CBWR", "AUTO")
+    res = ok(main_in(tmp_path, *flags()))
+    assert res.err.splitlines()[:2] == [
+        "note: no thread-exact BLAS mode here (MKL, AVX2): same bits only at a fixed --num-threads",
+        "run: out/r",
+    ], res.err
+
+
 @pytest.fixture(scope="module")
 def hopper_model(tmp_path_factory):
     cwd = tmp_path_factory.mktemp("hopper")

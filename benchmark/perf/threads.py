@@ -1,12 +1,13 @@
 """How fast does a run train when other processes keep the CPUs busy, per thread setting? Prints numbers only.
 
-    python benchmark/perf/threads.py [--envs Pendulum-v1 Humanoid-v5] [--loads 0 1 2] [--seconds 30]
+    python benchmark/perf/threads.py [--envs Pendulum-v1 Humanoid-v5] [--loads 0 1 2] [--seconds 30] [--baseline F]
 
 For each environment, load (that many `python -c 'while True: pass'` processes, started and stopped by pid) and thread
 setting, runs sac_continuous.py until `--seconds` of training have passed, stops it with SIGTERM and takes steps/s after
 learning starts from the wall times of its first and last loss points in TensorBoard. Before each run it waits (up to
 `--settle` s) until the 1-minute load average is within 0.5 of the load, so that a run starts under a steady load: the
 script's default reads that average. Take it on an otherwise idle machine: the loads are the only other work.
+--baseline adds a column: another version of the script (e.g. `git show REV:sac_continuous.py > F`) with its default.
 """
 
 import argparse
@@ -32,13 +33,14 @@ SETTINGS = {
 }
 
 
-def train_rate(env_id: str, flags: list, env: dict, seconds: float, out: Path) -> float:
+def train_rate(env_id: str, flags: list, env: dict, seconds: float, out: Path, script: Path) -> float:
     """Steps/s after learning starts of one run, stopped after `seconds` of training."""
     learning_starts = 1000 if "Pendulum" not in env_id else 500
-    cmd = [sys.executable, str(ROOT / "sac_continuous.py"), "--env-id", env_id, "--total-timesteps", "10000000"]
+    cmd = [sys.executable, str(script), "--env-id", env_id, "--total-timesteps", "10000000"]
     cmd += ["--learning-starts", str(learning_starts), "--eval-frequency", "0", "--checkpoint-frequency", "0"]
     cmd += ["--log-frequency", "50", "--output-dir", str(out), "--run-name", "r", *flags]
-    clean = {k: v for k, v in os.environ.items() if k not in ("OMP_NUM_THREADS", "OMP_WAIT_POLICY", "GOMP_SPINCOUNT")}
+    unset = ("OMP_NUM_THREADS", "OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "MKL_CBWR")  # the script chooses
+    clean = {k: v for k, v in os.environ.items() if k not in unset}
     proc = subprocess.Popen(cmd, env={**clean, **env}, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     deadline, started = time.time() + seconds + 300, None
     while proc.poll() is None and time.time() < deadline:  # training starts when the first loss point is written
@@ -70,24 +72,28 @@ def main() -> None:
     parser.add_argument("--settings", nargs="+", default=list(SETTINGS), choices=list(SETTINGS))
     parser.add_argument("--seconds", type=float, default=30.0)
     parser.add_argument("--settle", type=float, default=90.0)
+    parser.add_argument("--baseline", type=Path, help="another sac_continuous.py, run with its default setting")
     args = parser.parse_args()
+    scripts = {name: ROOT / "sac_continuous.py" for name in args.settings}
+    if args.baseline:
+        scripts["baseline default"] = args.baseline.resolve()
     print(
         f"{os.cpu_count()} CPUs; steps/s after learning starts, {args.seconds:.0f} s of training per run (x: best/this)"
     )
-    print("| env | busy processes | " + " | ".join(args.settings) + " |")
-    print("|---|---|" + "---|" * len(args.settings))
+    print("| env | busy processes | " + " | ".join(scripts) + " |")
+    print("|---|---|" + "---|" * len(scripts))
     for env_id in args.envs:
         for load in args.loads:
             hogs = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(load)]
             try:
                 rates = {}
-                for name in args.settings:
-                    flags, env = SETTINGS[name]
+                for name, script in scripts.items():
+                    flags, env = SETTINGS.get(name, SETTINGS["default"])
                     deadline = time.time() + args.settle
                     while abs(os.getloadavg()[0] - load) > 0.5 and time.time() < deadline:
                         time.sleep(2)
                     with tempfile.TemporaryDirectory() as tmp:
-                        rates[name] = train_rate(env_id, flags, env, args.seconds, Path(tmp))
+                        rates[name] = train_rate(env_id, flags, env, args.seconds, Path(tmp), script)
             finally:
                 for hog in hogs:
                     hog.kill()
