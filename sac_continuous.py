@@ -27,6 +27,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 import tyro
+from torch import func
 
 
 def mkl_strict_mode(cpuinfo: str) -> str | None:
@@ -45,7 +46,11 @@ if mode:
     os.environ.setdefault("MKL_CBWR", mode)
 os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
 
-EXIT_BAD_INPUT, EXIT_DIVERGED, EXIT_IO_ERROR, EXIT_INTERRUPTED, EXIT_ABORTED = 2, 3, 74, 75, 130  # see above
+EXIT_BAD_INPUT = 2  # the exit codes, as the docstring lists them
+EXIT_DIVERGED = 3
+EXIT_IO_ERROR = 74
+EXIT_INTERRUPTED = 75
+EXIT_ABORTED = 130
 
 
 # --- Args -----------------------------------------------------------------------------------------
@@ -170,7 +175,9 @@ def check_rendering(env_id: str, capture_video: bool) -> None:
 
 
 # --- Networks -------------------------------------------------------------------------------------
-LOG_STD_MIN, LOG_STD_MAX, HIDDEN = -5.0, 2.0, 256
+LOG_STD_MIN = -5.0
+LOG_STD_MAX = 2.0
+HIDDEN = 256
 
 
 def mlp(in_dim: int, out_dim: int | None) -> nn.Sequential:
@@ -186,20 +193,13 @@ class SoftQNetwork(nn.Module):
     def forward(self, obs: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
         return self.net(torch.cat([obs, action], dim=-1))
 
-    def value_for_actor(self, obs: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
-        """Q(s, a) for the actor's loss, which needs dQ/da only: detached weights, W [s; a] + b as W_s s + W_a a + b."""
-        first, _, hidden, _, out = self.net
-        w_obs, w_act = first.weight.detach().split([obs.shape[-1], action.shape[-1]], dim=1)
-        h = F.relu(F.linear(obs, w_obs) + F.linear(action, w_act, first.bias.detach()))
-        h = F.relu(F.linear(h, hidden.weight.detach(), hidden.bias.detach()))
-        return F.linear(h, out.weight.detach(), out.bias.detach())
-
 
 class Actor(nn.Module):  # a Gaussian policy squashed by tanh, rescaled to the action bounds: a = scale * tanh(u) + bias
     def __init__(self, obs_dim: int, low: np.ndarray, high: np.ndarray):
         super().__init__()
         self.trunk = mlp(obs_dim, None)
-        self.mean, self.log_std = nn.Linear(HIDDEN, low.shape[0]), nn.Linear(HIDDEN, low.shape[0])
+        self.mean = nn.Linear(HIDDEN, low.shape[0])
+        self.log_std = nn.Linear(HIDDEN, low.shape[0])
         scale = torch.as_tensor((high - low) / 2.0, dtype=torch.float32)
         self.register_buffer("action_scale", scale)
         self.register_buffer("action_bias", torch.as_tensor((high + low) / 2.0, dtype=torch.float32))
@@ -212,7 +212,7 @@ class Actor(nn.Module):  # a Gaussian policy squashed by tanh, rescaled to the a
         h = self.trunk(obs)
         return self.mean(h), self.log_std(h).clamp(LOG_STD_MIN, LOG_STD_MAX)
 
-    def sample(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def get_action(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Reparameterized action and log pi(a|s), shape (B, 1). With u = mean + std * eps, a = scale * tanh(u) + bias:
             log pi(a) = log N(u; mean, std) - sum_i [log(1 - tanh(u_i)^2) + log scale_i]
         where log(1 - tanh(u)^2) = 2 (log 2 - u - softplus(-2u)) stays finite when tanh(u) rounds to +-1."""
@@ -237,13 +237,18 @@ class ReplayBuffer:
     ARRAYS = ("obs", "actions", "rewards", "terminations", "valid")
 
     def __init__(self, buffer_size: int, num_envs: int, obs_dim: int, act_dim: int, seed: int):
-        n, c = self.num_envs, self.capacity = num_envs, buffer_size // num_envs
-        self.obs, self.actions = np.zeros((n, c, obs_dim), np.float32), np.zeros((n, c, act_dim), np.float32)
-        self.rewards = np.zeros((n, c), np.float32)
-        self.terminations, self.valid = np.zeros((n, c), bool), np.zeros((n, c), bool)
-        self.pos = np.zeros(n, dtype=np.int64)  # slot holding each env's current observation
-        self.written = np.zeros(n, dtype=np.int64)  # slots ever written per env (not wrapped)
-        self.rng, self.envs = np.random.default_rng(seed), np.arange(n)
+        self.num_envs = num_envs
+        self.capacity = buffer_size // num_envs
+        shape = (num_envs, self.capacity)
+        self.obs = np.zeros((*shape, obs_dim), np.float32)
+        self.actions = np.zeros((*shape, act_dim), np.float32)
+        self.rewards = np.zeros(shape, np.float32)
+        self.terminations = np.zeros(shape, bool)
+        self.valid = np.zeros(shape, bool)
+        self.pos = np.zeros(num_envs, dtype=np.int64)  # slot holding each env's current observation
+        self.written = np.zeros(num_envs, dtype=np.int64)  # slots ever written per env (not wrapped)
+        self.rng = np.random.default_rng(seed)
+        self.envs = np.arange(num_envs)
 
     def start(self, obs: np.ndarray, envs: np.ndarray | None = None) -> None:  # obs that start a trajectory
         envs = self.envs if envs is None else envs
@@ -252,10 +257,12 @@ class ReplayBuffer:
         self.written[envs] += 1
 
     def add(self, actions, rewards, terminations, real_next_obs, dones, next_obs) -> None:  # next_obs: after resets
-        e, p = self.envs, self.pos
-        self.actions[e, p], self.rewards[e, p], self.terminations[e, p] = actions, rewards, terminations
-        self.valid[e, p] = True
-        self.pos = (p + 1) % self.capacity
+        slot = (self.envs, self.pos)
+        self.actions[slot] = actions
+        self.rewards[slot] = rewards
+        self.terminations[slot] = terminations
+        self.valid[slot] = True
+        self.pos = (self.pos + 1) % self.capacity
         self.start(real_next_obs)
         ended = np.flatnonzero(dones)
         if ended.size:  # the reset observation takes the next slot; the final one starts nothing
@@ -270,10 +277,12 @@ class ReplayBuffer:
         while bad.size:  # redraw final-observation and not-yet-complete slots (a few percent at most)
             slot[bad] = self.rng.integers(0, filled[env[bad]])
             bad = bad[~self.valid[env[bad], slot[bad]]]
-        row, next_row = env * self.capacity + slot, env * self.capacity + (slot + 1) % self.capacity
+        row = env * self.capacity + slot
+        next_row = env * self.capacity + (slot + 1) % self.capacity
         obs = self.obs.reshape(-1, self.obs.shape[-1]).take(np.concatenate([row, next_row]), axis=0)  # one gather
         actions = self.actions.reshape(-1, self.actions.shape[-1]).take(row, axis=0)
-        rewards, terminations = self.rewards.reshape(-1).take(row), self.terminations.reshape(-1).take(row)
+        rewards = self.rewards.reshape(-1).take(row)
+        terminations = self.terminations.reshape(-1).take(row)
         return obs[:batch_size], actions, rewards, terminations, obs[batch_size:]
 
 
@@ -306,12 +315,21 @@ def cuda_graphed(step, warmup_calls: int = 3):
 
 
 # --- The SAC update -------------------------------------------------------------------------------
+def detached(module: nn.Module) -> dict[str, torch.Tensor]:  # its parameters, cut from the autograd graph
+    return {name: p.detach() for name, p in module.named_parameters()}
+
+
 class SAC:
     def __init__(self, obs_dim: int, low: np.ndarray, high: np.ndarray, args: Args, device: torch.device):
-        self.obs_dim, self.act_dim, self.args, self.device = obs_dim, low.shape[0], args, device
+        self.obs_dim = obs_dim
+        self.act_dim = low.shape[0]
+        self.args = args
+        self.device = device
         self.actor = Actor(obs_dim, low, high).to(device)
-        critics = [SoftQNetwork(obs_dim, self.act_dim).to(device) for _ in range(4)]
-        self.qf1, self.qf2, self.qf1_target, self.qf2_target = critics
+        self.qf1 = SoftQNetwork(obs_dim, self.act_dim).to(device)
+        self.qf2 = SoftQNetwork(obs_dim, self.act_dim).to(device)
+        self.qf1_target = SoftQNetwork(obs_dim, self.act_dim).to(device)
+        self.qf2_target = SoftQNetwork(obs_dim, self.act_dim).to(device)
         self.qf1_target.load_state_dict(self.qf1.state_dict())
         self.qf2_target.load_state_dict(self.qf2.state_dict())
         self.q_params = [*self.qf1.parameters(), *self.qf2.parameters()]
@@ -324,25 +342,27 @@ class SAC:
         self.log_alpha = torch.tensor([math.log(args.alpha)], device=device, requires_grad=args.autotune)
         self.a_optimizer = torch.optim.Adam([self.log_alpha], lr=args.q_lr, **adam) if args.autotune else None
         self.alpha = torch.tensor([args.alpha], dtype=torch.float32, device=device)
-        self.target_entropy, self.n_updates = -float(self.act_dim), 0
-        self.networks = {k: m for k, m in vars(self).items() if isinstance(m, nn.Module)}  # actor, critics, targets
-        self.optimizers = {k: o for k, o in vars(self).items() if isinstance(o, torch.optim.Optimizer)}
-        if args.compile:  # speed path: Inductor kernels for the losses' forward and backward
-            self.critic_loss, self.actor_loss = torch.compile(self.critic_loss), torch.compile(self.actor_loss)
-        for name in ("update_critics", "update_policy", "update_targets", "sample_action") if args.cudagraphs else ():
-            setattr(self, name, cuda_graphed(getattr(self, name)))  # speed path: one CUDA graph launch per call
+        self.target_entropy = -float(self.act_dim)
+        self.n_updates = 0
+        # what a checkpoint saves: the networks and the optimizers, by name
+        self.networks = dict(actor=self.actor, qf1=self.qf1, qf2=self.qf2, qf1_target=self.qf1_target)
+        self.networks["qf2_target"] = self.qf2_target
+        self.optimizers = dict(q_optimizer=self.q_optimizer, actor_optimizer=self.actor_optimizer)
+        if self.a_optimizer is not None:
+            self.optimizers["a_optimizer"] = self.a_optimizer
 
     def to_device(self, batch: tuple[np.ndarray, ...]) -> list[torch.Tensor]:
         tensors = [torch.from_numpy(np.asarray(x, dtype=np.float32)) for x in batch]
-        cuda = self.device.type == "cuda"
-        return [(t.pin_memory() if cuda else t).to(self.device, non_blocking=cuda) for t in tensors]
+        if self.device.type != "cuda":
+            return [t.to(self.device) for t in tensors]
+        return [t.pin_memory().to(self.device, non_blocking=True) for t in tensors]
 
     def act(self, obs: np.ndarray) -> np.ndarray:  # an exploration action a ~ pi(.|s) per env
         return self.sample_action(*self.to_device([obs])).cpu().numpy()
 
     @torch.no_grad()
     def sample_action(self, obs: torch.Tensor) -> torch.Tensor:
-        return self.actor.sample(obs)[0]
+        return self.actor.get_action(obs)[0]
 
     def update(self, batch: tuple[np.ndarray, ...]) -> dict[str, torch.Tensor]:
         obs, actions, rewards, terminations, next_obs = self.to_device(batch)
@@ -359,11 +379,13 @@ class SAC:
         """sum_j E[(Q_j(s, a) - y)^2], y = r + gamma (1 - terminated) (min_j Q'_j(s', a') - alpha log pi(a'|s')),
         a' ~ pi(.|s'), no gradient through y. A time-limit truncation is no terminal state: it bootstraps."""
         with torch.no_grad():
-            next_actions, next_log_prob = self.actor.sample(next_obs)
+            next_actions, next_log_prob = self.actor.get_action(next_obs)
             next_q = torch.min(self.qf1_target(next_obs, next_actions), self.qf2_target(next_obs, next_actions))
             y = rewards + self.args.gamma * (1.0 - terminations) * (next_q - self.alpha * next_log_prob)
-        qf1_values, qf2_values = self.qf1(obs, actions), self.qf2(obs, actions)
-        qf1_loss, qf2_loss = F.mse_loss(qf1_values, y), F.mse_loss(qf2_values, y)
+        qf1_values = self.qf1(obs, actions)
+        qf2_values = self.qf2(obs, actions)
+        qf1_loss = F.mse_loss(qf1_values, y)
+        qf2_loss = F.mse_loss(qf2_values, y)
         qf_loss = qf1_loss + qf2_loss
         stats = dict(qf1_values=qf1_values.mean(), qf2_values=qf2_values.mean(), qf1_loss=qf1_loss, qf2_loss=qf2_loss)
         return qf_loss, {k: v.detach() for k, v in stats.items()} | {"qf_loss": qf_loss.detach() / 2.0}
@@ -376,10 +398,12 @@ class SAC:
         return stats
 
     def actor_loss(self, obs) -> tuple[torch.Tensor, torch.Tensor]:
-        """J(pi) = E[alpha log pi(a|s) - min_j Q_j(s, a)], a ~ pi(.|s) reparameterized; also log pi."""
-        pi, log_pi = self.actor.sample(obs)
-        min_q = torch.min(self.qf1.value_for_actor(obs, pi), self.qf2.value_for_actor(obs, pi))
-        return (self.alpha * log_pi - min_q).mean(), log_pi
+        """J(pi) = E[alpha log pi(a|s) - min_j Q_j(s, a)], a ~ pi(.|s) reparameterized; also log pi. The critics run
+        with detached weights: the gradient reaches the actor through a, and no critic gradient is computed."""
+        pi, log_pi = self.actor.get_action(obs)
+        q1 = func.functional_call(self.qf1, detached(self.qf1), (obs, pi))
+        q2 = func.functional_call(self.qf2, detached(self.qf2), (obs, pi))
+        return (self.alpha * log_pi - torch.min(q1, q2)).mean(), log_pi
 
     def update_policy(self, obs) -> dict[str, torch.Tensor]:
         """Actor step, then (autotune) J(alpha) = E[-alpha (log pi + H_target)]: alpha rises when the entropy is low."""
@@ -400,6 +424,19 @@ class SAC:
     @torch.no_grad()
     def update_targets(self) -> None:
         torch._foreach_lerp_(self.q_target_params, self.q_params, self.args.tau)  # target += tau (online - target)
+
+
+def speed_up(agent: SAC, args: Args) -> None:
+    """The speed path, as LeanRL applies it: --compile turns the losses into Inductor kernels (forward and backward),
+    --cudagraphs records each update step and the action sampling once and replays them. A plain run skips it."""
+    if args.compile:
+        agent.critic_loss = torch.compile(agent.critic_loss)
+        agent.actor_loss = torch.compile(agent.actor_loss)
+    if args.cudagraphs:
+        agent.update_critics = cuda_graphed(agent.update_critics)
+        agent.update_policy = cuda_graphed(agent.update_policy)
+        agent.update_targets = cuda_graphed(agent.update_targets)
+        agent.sample_action = cuda_graphed(agent.sample_action)
 
 
 # --- Files: every write goes through write_file; a failed one raises WriteError (exit 74) ---------
@@ -749,6 +786,7 @@ def train(args: Args) -> int:
     torch.manual_seed(args.seed)
     torch.backends.cudnn.deterministic = args.torch_deterministic
     agent = SAC(obs_dim, space.low, space.high, args, device)
+    speed_up(agent, args)  # --compile, --cudagraphs
     rb = ReplayBuffer(args.buffer_size, args.num_envs, obs_dim, space.shape[0], seed=args.seed)
     obs, _ = envs.reset(seed=args.seed)
     envs.action_space.seed(args.seed)

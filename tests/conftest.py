@@ -255,6 +255,7 @@ def make_agent(device: str = "cpu", **kw) -> sac.SAC:
     with torch.no_grad():  # targets unlike the online critics, so that using the wrong ones shows
         for p in (*agent.qf1_target.parameters(), *agent.qf2_target.parameters()):
             p.add_(0.05 * torch.randn_like(p))
+    sac.speed_up(agent, agent.args)  # --compile, --cudagraphs as the script applies them
     return agent
 
 

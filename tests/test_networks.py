@@ -21,12 +21,12 @@ def make_actor():
 
 
 def sample_and_reference(actor, obs, monkeypatch):
-    """actor.sample(obs) with its Gaussian noise fixed, and the same noise pushed through torch's tanh and affine
+    """actor.get_action(obs) with its Gaussian noise fixed, and the same noise pushed through torch's tanh and affine
     transforms, whose caches let log_prob use this very u (exact even where tanh saturates)."""
     eps = torch.randn(obs.shape[0], 3)
     monkeypatch.setattr(torch, "randn_like", lambda t: eps.clone())
     with torch.no_grad():
-        action, log_prob = actor.sample(obs)
+        action, log_prob = actor.get_action(obs)
         mean, log_std = actor(obs)
     monkeypatch.undo()
     dist = TransformedDistribution(
@@ -58,9 +58,9 @@ def test_actions_fill_the_bounds_and_the_evaluation_action_is_tanh_of_the_mean()
     with torch.no_grad():
         for scale in (0.1, 10.0, 1000.0):
             obs = torch.randn(2000, OBS_DIM) * scale
-            for action in (actor.sample(obs)[0], actor.deterministic(obs)):
+            for action in (actor.get_action(obs)[0], actor.deterministic(obs)):
                 assert ((action >= low) & (action <= high)).all()
-        action = actor.sample(torch.randn(5000, OBS_DIM) * 10)[0]
+        action = actor.get_action(torch.randn(5000, OBS_DIM) * 10)[0]
         obs = torch.randn(16, OBS_DIM)
         torch.testing.assert_close(actor.deterministic(obs), torch.tanh(actor(obs)[0]) * SCALE + BIAS)
     assert ((action.min(0).values - low) < 0.05 * (high - low)).all()  # both ends of every dimension reached
@@ -73,18 +73,3 @@ def test_log_std_is_clamped_to_minus_5_and_2():
         with torch.no_grad():
             actor.log_std.bias.fill_(bias)
             assert torch.all(actor(torch.randn(4, OBS_DIM))[1] == bound)
-
-
-def test_critic_value_for_actor_is_q_with_a_gradient_for_the_action_only():
-    """The actor step's Q: the same values and dQ/da as forward, no gradient into the critic's weights."""
-    torch.manual_seed(0)
-    q = sac.SoftQNetwork(OBS_DIM, 3)
-    obs, action = torch.randn(64, OBS_DIM), torch.randn(64, 3, requires_grad=True)
-    plain = q(obs, action)
-    dq_da = torch.autograd.grad(plain.sum(), action)[0]
-    q.zero_grad(set_to_none=True)
-    value = q.value_for_actor(obs, action)
-    value.sum().backward()
-    torch.testing.assert_close(value, plain, rtol=1e-5, atol=1e-6)
-    torch.testing.assert_close(action.grad, dq_da, rtol=1e-5, atol=1e-6)
-    assert all(p.grad is None for p in q.parameters())

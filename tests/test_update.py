@@ -31,11 +31,11 @@ def test_update_losses_are_the_sac_losses(kw):
     stats = agent.update(make_batch())
     torch.manual_seed(11)
     with torch.no_grad():
-        next_a, next_logp = before.actor.sample(next_obs)
+        next_a, next_logp = before.actor.get_action(next_obs)
         next_q = torch.min(before.qf1_target(next_obs, next_a), before.qf2_target(next_obs, next_a))
         y = rew[:, None] + gamma * (1 - term[:, None]) * (next_q - alpha * next_logp)
         qf1, qf2 = before.qf1(obs, act), before.qf2(obs, act)
-        pi, logp = before.actor.sample(obs)
+        pi, logp = before.actor.get_action(obs)
         min_q = torch.min(agent.qf1(obs, pi), agent.qf2(obs, pi))
     expected = dict(qf1_loss=F.mse_loss(qf1, y), qf2_loss=F.mse_loss(qf2, y), qf1_values=qf1.mean())
     expected.update(qf2_values=qf2.mean(), qf_loss=(F.mse_loss(qf1, y) + F.mse_loss(qf2, y)) / 2)

@@ -37,6 +37,7 @@ class Ours:
         obs_dim, space = self.envs.single_observation_space.shape[0], self.envs.single_action_space
         torch.manual_seed(seed)
         self.agent = sac.SAC(obs_dim, space.low, space.high, self.args, device)
+        sac.speed_up(self.agent, self.args)  # --compile, --cudagraphs
         self.rb = sac.ReplayBuffer(100_000, 1, obs_dim, space.low.shape[0], seed)
         self.obs, _ = self.envs.reset(seed=seed)
         self.envs.action_space.seed(seed)
