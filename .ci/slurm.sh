@@ -47,9 +47,9 @@ bringup() {
     local dir=$1 host node
     mkdir -p "$dir/state" "$dir/spool" "$dir/run"
     host=$(hostname -s)
-    # the node's CPUs, memory etc. as slurmd sees them; CPUs raised to 4 (SlurmdParameters below keeps the
-    # node usable) so that the tests' three jobs run side by side on a 2-core CI machine
-    node=$(slurmd -C | head -n 1 | sed -E 's/CPUs=[0-9]+/CPUs=4/; s/ Boards=[^ ]+ SocketsPerBoard=[^ ]+ CoresPerSocket=[^ ]+ ThreadsPerCore=[^ ]+//')
+    # the node's CPUs, memory etc. as slurmd sees them; CPUs raised to 6 (SlurmdParameters below keeps the
+    # node usable) so that the tests' five tasks (two of them stand-ins that exit at once) run side by side
+    node=$(slurmd -C | head -n 1 | sed -E 's/CPUs=[0-9]+/CPUs=6/; s/ Boards=[^ ]+ SocketsPerBoard=[^ ]+ CoresPerSocket=[^ ]+ ThreadsPerCore=[^ ]+//')
     cat >"$dir/slurm.conf" <<EOF
 ClusterName=sacci
 SlurmctldHost=$host(127.0.0.1)

@@ -131,6 +131,10 @@ def status_of(spec: Spec, out: Path, state: dict, queue: dict, live=()) -> tuple
     note = f"exit {code}: {why[:300]}" if status in ("failed", "diverged") else ""
     if status in ("interrupted", "stopped", "aborted", "killed") or (status == "pending" and ckpt):
         note = "re-run to continue"
+    stuck = re.search(r"no progress in \d+ starts", lines[i]) if code is not None else None
+    if stuck:  # the Slurm task stopped requeueing a run that failed again and again without a newer checkpoint
+        status = "failed"
+        note = f"exit {code}, {stuck[0]}: {why[:300]}"
     return status, ckpt or 0, f"Slurm job {job}; " * bool(job) + note
 
 
@@ -231,7 +235,8 @@ def run_slurm(args, specs: list[Spec], out: Path, state: dict) -> int:
     lines += [f"{i}) NAME={s.name}; CMD=({shlex.join(command(s, out))}) ;;" for i, s in enumerate(specs)]
     lines += ['*) echo "no run for array task $SLURM_ARRAY_TASK_ID" >&2; exit 2 ;;', "esac"]
     logs.mkdir(parents=True, exist_ok=True)
-    lines += [f"LOG={shlex.quote(str(logs))}/$NAME.log", "", (HERE / "slurm_task.sh").read_text()]
+    lines += [f"LOG={shlex.quote(str(logs))}/$NAME.log", f"RUN={shlex.quote(str(out))}/$NAME"]
+    lines += [f"MAX_STARTS={args.max_starts_without_progress}", "", (HERE / "slurm_task.sh").read_text()]
     path.write_text("\n".join(lines))
     path.chmod(0o755)
     todo = to_start(args, specs, out, state)
@@ -284,6 +289,8 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("--max-parallel", type=int, default=None, help="at most K tasks of the array at once")
     s.add_argument("--signal-before", type=int, default=300, help="seconds before the time limit that a run "
                    "checkpoints and requeues its task (default %(default)s)")  # fmt: skip
+    s.add_argument("--max-starts-without-progress", type=int, default=3, metavar="K", help="stop requeueing a "
+                   "task whose run failed K starts in a row with no new checkpoint (default %(default)s)")  # fmt: skip
     args = p.parse_args(argv[:i])
     if args.jobs is None:  # 4 runs on one NVIDIA GPU: on an H200 4 made 91% of 8's total steps/s (docs/performance.md)
         gpu = not args.device.startswith("cpu") and "," not in args.device and shutil.which("nvidia-smi")
@@ -291,6 +298,8 @@ def main(argv: list[str] | None = None) -> int:
         args.jobs = 4 if listed.count("GPU ") == 1 else 1
     if min(args.jobs, args.total_timesteps or 1) < 1 or len({*args.seeds, *args.envs}) < len(args.seeds + args.envs):
         p.error("--jobs and --total-timesteps must be positive, --envs and --seeds must not repeat")
+    if args.max_starts_without_progress < 1:
+        p.error("--max-starts-without-progress must be at least 1")
     if args.slurm and "," in args.device:
         p.error("with --slurm each task gets its own GPUs (--gpus-per-task): pass one --device, e.g. auto or cuda")
     try:

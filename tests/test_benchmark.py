@@ -279,15 +279,18 @@ exit 0
 
 
 @pytest.mark.parametrize(  # the time limit near; a SIGTERM to the batch shell alone; Slurm requeues or preempts
-    "signal_to, state, run_exit, requeued",  # (SIGTERM to every process); the run diverges while stopping
-    [("shell:USR1", "RUNNING", 75, True), ("shell:TERM", "RUNNING", 75, True),
-     ("group:TERM", "COMPLETING", 75, False), ("shell:USR1", "RUNNING", 3, False)],
+    "signal_to, state, run_exit, failed_before, requeued",  # (SIGTERM to every process); the run diverges while
+    [("shell:USR1", "RUNNING", 75, 0, True), ("shell:TERM", "RUNNING", 75, 0, True),  # stopping; it fails to write
+     ("group:TERM", "COMPLETING", 75, 0, False), ("shell:USR1", "RUNNING", 3, 0, False),  # its checkpoint (74) the
+     ("shell:USR1", "RUNNING", 74, 1, True), ("shell:USR1", "RUNNING", 74, 2, False)],  # 2nd and 3rd start in a row
 )  # fmt: skip
 def test_slurm_task_passes_exactly_one_sigterm_on_and_requeues_only_itself(
-    fake, tmp_path, capsys, signal_to, state, run_exit, requeued
+    fake, tmp_path, capsys, signal_to, state, run_exit, failed_before, requeued
 ):
     """The task body (benchmark/slurm_task.sh) without a cluster: a stand-in run and a stand-in scontrol."""
     (tmp_path / "fake_sac.py").write_text(FAKE_RUN)
+    (tmp_path / "runs" / "_slurm" / "logs").mkdir(parents=True)  # the task's earlier starts without a new checkpoint
+    (tmp_path / "runs" / "_slurm" / "logs" / "Pendulum-v1__seed1.starts").write_text(f"7_0 {failed_before}\n")
     (tmp_path / "bin").mkdir()
     (tmp_path / "bin" / "scontrol").write_text(FAKE_SCONTROL)
     (tmp_path / "bin" / "scontrol").chmod(0o755)
@@ -315,5 +318,6 @@ def test_slurm_task_passes_exactly_one_sigterm_on_and_requeues_only_itself(
     bench_run.save_state(out, {"runs": {"Pendulum-v1__seed1": {"slurm": "7_0"}}})  # as if submitted: --status
     capsys.readouterr()
     assert bench_run.main(["--envs", "Pendulum-v1", "--seeds", "1", "--output-dir", str(out), "--status"]) == 0
-    word = {75: "interrupted", 3: "diverged"}[run_exit]
-    assert re.search(rf"^Pendulum-v1__seed1\s+{word}\s.*Slurm job 7_0", capsys.readouterr().out, re.M)
+    word = {75: "interrupted", 3: "diverged", 74: "failed"}[run_exit]
+    note = "exit 74, no progress in 3 starts: fake run" if run_exit == 74 and not requeued else ""
+    assert re.search(rf"^Pendulum-v1__seed1\s+{word}\s.*Slurm job 7_0; {note}", capsys.readouterr().out, re.M)

@@ -1,7 +1,8 @@
 """benchmark/run.py --slurm against a real Slurm cluster: `bash .ci/slurm.sh` brings up a one-node one here (root)
 and runs this file with SAC_SLURM_CLUSTER=1; without it every test is skipped, with it a silent cluster fails.
 Side by side (2-3 minutes on 2 cores): a two-seed array with one task requeued mid-run, a one-task array whose time
-limit comes first, and, outside Slurm, an uninterrupted run of the requeued seed to compare with bit for bit.
+limit comes first, an array of a stand-in that fails at every start, and, outside Slurm, an uninterrupted run of the
+requeued seed to compare with bit for bit.
 """
 
 from __future__ import annotations
@@ -11,10 +12,12 @@ import re
 import subprocess
 import sys
 import time
+from datetime import datetime
 from pathlib import Path
 
 import pytest
 import report  # benchmark/report.py (pyproject.toml puts benchmark/ on the path)
+import run as bench_run  # benchmark/run.py
 
 ROOT = Path(__file__).resolve().parent.parent
 BENCH = ROOT / "benchmark"
@@ -31,6 +34,17 @@ ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 TOTAL = 4000  # the requeued array (seeds 1, 2) and the reference run of seed 2
 TOTAL_LIMITED = 12000  # on 2 cores longer than 80 s, by when the warning has come for sure: cut at least once
 DEADLINE = 600  # seconds for everything to finish (about 3 minutes on 2 idle cores)
+# a stand-in script that fails at every start: seed 5 exits 74; seed 6 exits 1, after a checkpoint at its first start
+STUCK = """
+import sys
+from pathlib import Path
+arg = lambda flag: sys.argv[sys.argv.index(flag) + 1]
+checkpoints = Path(arg("--output-dir")) / arg("--run-name") / "checkpoints"
+if arg("--seed") == "6" and not checkpoints.exists():
+    (checkpoints / "step_000000000500").mkdir(parents=True)
+print(f"error: cannot write {checkpoints}: No space left on device (a stand-in)", file=sys.stderr)
+sys.exit(74 if arg("--seed") == "5" else 1)
+"""
 
 
 def runner(out: Path, seeds: list[str], total: int, *options: str) -> subprocess.CompletedProcess:
@@ -77,7 +91,20 @@ def cluster():
 
 
 @pytest.fixture(scope="module")
-def runs(cluster, tmp_path_factory):
+def stuck(cluster, tmp_path_factory):
+    """Submits an array of the stand-in that fails at every start: (its output dir, when it was submitted)."""
+    base = tmp_path_factory.mktemp("stuck")
+    (base / "stuck.py").write_text(STUCK)
+    argv = ["--envs", "Pendulum-v1", "--seeds", "5", "6", "--output-dir", str(base / "runs"), "--slurm"]
+    submitted = time.time()
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(bench_run, "SCRIPT", base / "stuck.py")
+        assert bench_run.main([*argv, "--mem", "100M"]) == 0
+    return base / "runs", submitted
+
+
+@pytest.fixture(scope="module")
+def runs(cluster, stuck, tmp_path_factory):  # (stuck: submitted first, it fails and stops alongside these)
     """Submits both arrays and starts the reference run; requeues seed 2 mid-run; waits for the end."""
     base = tmp_path_factory.mktemp("slurm")
     arr, limited, ref = base / "array", base / "limited", base / "reference"
@@ -171,3 +198,20 @@ def test_resubmitting_the_finished_array_does_no_work(runs):
         tries = re.split(r"(?=^\[slurm \S+ \S+\] Pendulum-v1__seed\d starts)", log(arr, seed), flags=re.M)
         assert "already at step" in tries[-1] and tries[-1].rstrip().endswith("exit 0: done"), tries[-1]
         assert snapshot(arr / f"Pendulum-v1__seed{seed}") == before[seed]
+
+
+def test_task_that_fails_at_every_start_without_progress_stops_requeueing_and_status_says_so(stuck):
+    out, submitted = stuck
+    job = report.runner_state(out)["runs"]["Pendulum-v1__seed5"]["slurm"].split("_")[0]
+    dump = [out / "_slurm" / "logs" / f"Pendulum-v1__seed{seed}.log" for seed in (5, 6)]
+    wait_for(lambda: not in_queue(job), "the failing tasks to leave the queue", submitted + 300, dump)
+    status = runner(out, ["5", "6"], TOTAL, "--status").stdout
+    for seed, code, starts in ((5, 74, 3), (6, 1, 4)):  # seed 6 progressed at its first start: one start more
+        text = log(out, seed)
+        assert len(re.findall(r"^\[slurm \S+ \S+\] Pendulum-v1__seed\d starts on", text, re.M)) == starts, text
+        assert re.search(rf"\] exit {code}: no progress in 3 starts \(from [^)]+\): not requeued", text), text
+        left = datetime.fromisoformat(re.findall(r"^\[slurm \S+ (\S+)\]", text, re.M)[-1]).timestamp() - submitted
+        print(f"\nseed {seed}: {starts} starts, out of the queue {left:.0f} s after its submission", file=sys.stderr)
+        assert left < 180, text
+        row = re.search(rf"^Pendulum-v1__seed{seed}\s+failed\s.*", status, re.M)
+        assert row and f"exit {code}, no progress in 3 starts: error: cannot write" in row[0], status
