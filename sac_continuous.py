@@ -467,14 +467,18 @@ MODEL_FORMAT, CHECKPOINT_FORMAT = "sac_continuous/model/v1", "sac_continuous/che
 
 
 def find_checkpoint(path: Path) -> Path | None:  # a run, checkpoints/ or step_* dir -> the step dir to load
+    """The newest step_N (12 digits: the name order is the step order). Its rename into place ends its write, so it
+    is complete; `latest`, written after it, only tells people and tools, and a crash may leave it behind."""
     for root in (path / "checkpoints", path):
-        if (root / "latest").is_file():
-            return root / (root / "latest").read_text().strip()
+        newest = max(root.glob("step_" + "[0-9]" * 12), default=None)
+        if newest:
+            return newest
     return path if (path / "state.pt").is_file() else None
 
 
 def save_checkpoint(run_dir: Path, state: dict, rb: ReplayBuffer) -> Path:
-    """step_N/{state.pt, buffer/*.npy} as a temporary dir, renamed, `latest` switched, older ones removed."""
+    """step_N/{state.pt, buffer/*.npy} as a temporary dir, renamed (now it is the one a resume takes), `latest`
+    switched, older ones removed."""
     root, name = run_dir / "checkpoints", f"step_{state['global_step']:012d}"
     final, tmp = root / name, root / f".tmp_{name}"
     try:
@@ -491,20 +495,19 @@ def save_checkpoint(run_dir: Path, state: dict, rb: ReplayBuffer) -> Path:
         fsync_dir(root)
         atomic_write(root / "latest", lambda f: f.write(f"{name}\n".encode()))
     except (OSError, RuntimeError, WriteError) as e:
-        shutil.rmtree(tmp, ignore_errors=True)
-        if find_checkpoint(run_dir) != final:  # renamed, but `latest` still names the previous one
-            shutil.rmtree(final, ignore_errors=True)
+        shutil.rmtree(tmp, ignore_errors=True)  # once renamed, `final` is complete: it stays
         raise e if isinstance(e, WriteError) else WriteError(final, e) from None
     clear_leftovers(run_dir, keep=final)
     return final
 
 
 def clear_leftovers(run_dir: Path, keep: Path | None) -> None:
-    """A killed process's temporary files and partial videos, and checkpoints that `latest` does not name."""
-    latest, root = find_checkpoint(run_dir), run_dir / "checkpoints"
+    """A killed process's temporary files and partial videos, and every checkpoint but `keep` (the one resumed or
+    just written; None: the newest)."""
+    keep, root = keep or find_checkpoint(run_dir), run_dir / "checkpoints"
     found = [*run_dir.glob(".*.tmp*"), *run_dir.glob("videos/.*.tmp*"), *(root.iterdir() if root.is_dir() else [])]
     for p in found:
-        if p in (latest, keep) or p.name == "latest" or (latest is None and p.name.startswith("step_")):
+        if p == keep or p.name == "latest":
             continue
         shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
 

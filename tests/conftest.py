@@ -108,12 +108,13 @@ def step_name(step: int) -> str:
 
 
 def latest_name(run_dir: Path) -> str | None:
-    latest = run_dir / "checkpoints" / "latest"
-    return latest.read_text().strip() if latest.is_file() else None
+    """The checkpoint a resume takes: the newest complete step_* (`checkpoints/latest` is only a hint)."""
+    ckpt = sac.find_checkpoint(run_dir)
+    return ckpt.name if ckpt else None
 
 
 def latest_ckpt(run_dir: Path) -> Path:
-    assert (name := latest_name(run_dir)), f"{run_dir} has no checkpoints/latest"
+    assert (name := latest_name(run_dir)), f"{run_dir} has no checkpoint"
     return run_dir / "checkpoints" / name
 
 

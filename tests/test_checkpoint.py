@@ -240,7 +240,7 @@ DAMAGE = {  # case: (damage the checkpoint, what --resume names relative to the 
     "obs.npy cut in half": (lambda c: cut(c / "buffer" / "obs.npy", lambda n: n // 2), "."),
     "actions.npy of another shape": (lambda c: np.save(c / "buffer" / "actions.npy", np.zeros((1, 5, 2))), "ckpt"),
     "valid.npy missing": (lambda c: (c / "buffer" / "valid.npy").unlink(), "."),
-    "latest names a removed checkpoint": (shutil.rmtree, "."),
+    "checkpoint removed": (shutil.rmtree, "."),
     "a model file": (lambda c: None, "model.pt"),
 }
 
