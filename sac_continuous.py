@@ -13,6 +13,7 @@ import math
 import os
 import pickle
 import random
+import shlex
 import shutil
 import signal
 import sys
@@ -635,13 +636,14 @@ def prepare_run(args: Args) -> tuple[Args, Path, Path | None, dict | None]:
 
 
 def resume_command(args: Args, run_dir: Path) -> str:
-    """This run's flags with --resume auto: it goes on from the last checkpoint, or starts afresh if there is none."""
+    """This run's flags with --resume auto: it goes on from the last checkpoint, or starts afresh if there is none.
+    Shell-quoted, to be pasted; $SAC_COMMAND (the Docker image's) is shell text already, kept as it is."""
     args = dataclasses.replace(args, resume="auto", run_name=run_dir.name, output_dir=str(run_dir.parent))
-    words = [os.environ.get("SAC_COMMAND", "python sac_continuous.py")]
+    words = []
     for field in (f for f in dataclasses.fields(Args) if getattr(args, f.name) != f.default):
         name, value = field.name, getattr(args, field.name)
         words += [flag(name) if value else flag("no_" + name)] if isinstance(value, bool) else [flag(name), str(value)]
-    return " ".join(words)
+    return os.environ.get("SAC_COMMAND", "python sac_continuous.py") + " " + shlex.join(words)
 
 
 # --- The training loop ----------------------------------------------------------------------------

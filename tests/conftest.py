@@ -165,8 +165,9 @@ def mjdata_fields(blob: bytes) -> dict:
 
 def diff(a, b, path: str = "") -> list[str]:
     """Every difference between two loaded checkpoints, bit for bit (floats and tensors by their bytes).
-    Not compared: the wall-clock start time of the current episodes and how the run was started (--resume DIR)."""
-    if path.endswith(("episode_start_time", "/args/resume", "/args/run_name")):
+    Not compared: the wall-clock start time of the current episodes, how the run was started (--resume DIR) and
+    where it is written."""
+    if path.endswith(("episode_start_time", "/args/resume", "/args/run_name", "/args/output_dir")):
         return []
     if type(a) is not type(b):
         return [f"{path}: {type(a).__name__} vs {type(b).__name__}"]
