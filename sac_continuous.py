@@ -19,6 +19,7 @@ import signal
 import sys
 import threading
 import time
+import traceback
 import warnings
 from pathlib import Path
 
@@ -724,6 +725,19 @@ def last_checkpoint(run_dir: Path) -> str:
     return f"the last checkpoint {latest} is intact" if latest else "no checkpoint was written yet"
 
 
+def failed_operation(e: OSError | WriteError, run_dir: Path) -> str:
+    """Our own writes raise WriteError; TensorBoard's writer writes its newest events file; any other OSError is a
+    render or a read, told by the functions it passed through, with its path where it has one."""
+    frames = traceback.extract_tb(e.__traceback__)
+    if not isinstance(e, WriteError) and any("tensorboard" in f.filename for f in frames):
+        events = max(run_dir.glob("events.out.tfevents.*"), key=os.path.getmtime, default=run_dir)
+        e = WriteError(Path(e.filename or events), e)
+    if isinstance(e, WriteError):
+        return str(e)
+    operation = "render" if any(f.name == "render" for f in frames) else "read"
+    return f"cannot {operation}{f' {e.filename}' if e.filename else ''} ({e.strerror or e})"
+
+
 def train(args: Args) -> int:
     # Setup: everything that can refuse the input happens before anything is written
     device = check_args(args)
@@ -805,10 +819,9 @@ def train(args: Args) -> int:
                 text = f"stopped by {caught[0]} at step {global_step}; checkpoint {path}. Resume with: "
                 raise Exit(text + resume_command(args, run_dir), EXIT_INTERRUPTED)
         writer.close()
-    except (OSError, WriteError) as e:  # a checkpoint, model, video or event write failed: no training goes on
-        events = max(run_dir.glob("events.out.tfevents.*"), key=os.path.getmtime, default=run_dir)  # TensorBoard's
-        e = e if isinstance(e, WriteError) else WriteError(Path(e.filename or events), e)
-        text = f"{e} at step {global_step}; {last_checkpoint(run_dir)}. Fix it, then: {resume_command(args, run_dir)}"
+    except (OSError, WriteError) as e:  # a write (checkpoint, model, video, events), read or render failed: stop
+        text = f"{failed_operation(e, run_dir)} at step {global_step}; {last_checkpoint(run_dir)}"
+        text += f". Fix it, then: {resume_command(args, run_dir)}"
         raise Exit(text, EXIT_IO_ERROR) from None
     finally:
         bar.stop() if bar else None

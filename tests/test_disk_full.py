@@ -11,6 +11,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import conftest as h
+import numpy as np
 import pytest
 import torch
 
@@ -126,6 +127,38 @@ def test_a_failed_event_write_exits_74_in_one_line_and_resume_auto_finishes(refe
     assert EVERY < int(re.search(r"at step (\d+)", line)[1]) <= 2 * EVERY, line
     assert not h.temporaries(run_dir) and intact(run_dir) == fault.before
     assert_resume_finishes_like(reference, tmp_path)
+
+
+NOT_WRITES = {  # what the first evaluation meets, and the line
+    "read": (FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), "assets/a.xml"), "cannot read assets/a.xml"),
+    "render": (OSError(errno.EIO, os.strerror(errno.EIO)), "cannot render (Input/output error)"),
+}
+
+
+@pytest.mark.parametrize("case", NOT_WRITES)
+def test_a_failed_read_or_render_is_named_so_not_a_write(tmp_path, monkeypatch, case):
+    """Once the run has started, making the evaluation's env fails (a read) or its first frame (a render): exit 74,
+    and the line names the operation and the error's own path, not TensorBoard's file."""
+    error, words = NOT_WRITES[case]
+    original, started = sac.make_env, lambda: (tmp_path / "runs" / "r" / "args.json").exists()
+
+    def make_env(env_id, render_mode=None):  # frames without a rendering library (pygame), black until then
+        if case == "read" and started():
+            raise error
+
+        def render():
+            if started():
+                raise error
+            return np.zeros((8, 8, 3), np.uint8)
+
+        env = original(env_id)
+        env.render = render
+        return env
+
+    monkeypatch.setattr(sac, "make_env", make_env)
+    monkeypatch.setenv("MUJOCO_GL", "egl")  # what --capture-video would set for good
+    line = h.error_line(h.main_in(tmp_path, *FLAGS, "--capture-video"), words, f"at step {EVERY}", code=74)
+    assert "cannot write" not in line, line
 
 
 @pytest.mark.parametrize("under,nth", [("rewards.npy", 2), ("latest", 1), ("latest", 2)])
