@@ -1,7 +1,8 @@
 """Soft Actor-Critic for continuous control, in one file: python sac_continuous.py --env-id Humanoid-v5
 
 Tanh-squashed Gaussian actor, twin Q critics, automatic entropy tuning (Haarnoja et al. 2018, arXiv:1812.05905).
-Exit codes: 0 done, 2 bad input (nothing written), 3 diverged, 74 a write failed, 75 stopped by a signal, 130 aborted.
+Exit codes: 0 done, 2 bad input (nothing written), 3 diverged, 74 a write, read or render failed, 75 stopped by a
+signal (checkpoint written), 130 aborted (Ctrl-C before training, or a second one).
 """
 
 import contextlib
@@ -23,12 +24,21 @@ import traceback
 import warnings
 from pathlib import Path
 
-import gymnasium as gym
-import numpy as np
-import torch
-import torch.nn as nn
-import torch.nn.functional as F
-import tyro
+
+def quit_at_once(signum, frame) -> None:  # Ctrl-C before training (imports, setup, --eval-checkpoint): nothing to save
+    print("interrupted", file=sys.stderr)
+    os._exit(130)  # EXIT_ABORTED, not defined yet while torch imports
+
+
+if __name__ == "__main__":  # before the imports (torch's takes seconds); train() then installs its own handler
+    signal.signal(signal.SIGINT, quit_at_once)
+
+import gymnasium as gym  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+import torch.nn as nn  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+import tyro  # noqa: E402
 
 # Same seed, same bits at any thread count. MKL's strict mode makes its matrix products independent of the thread
 # count (read at MKL's first call); cuBLAS's fixed workspace keeps CUDA's deterministic (read when CUDA starts).
@@ -43,7 +53,7 @@ EXIT_BAD_INPUT, EXIT_DIVERGED, EXIT_IO_ERROR, EXIT_INTERRUPTED, EXIT_ABORTED = 2
 class Args:
     env_id: str = "Humanoid-v5"  # the id of a gymnasium environment with a Box action space
     total_timesteps: int = 1_000_000  # environment steps to train for, over all envs (on --resume, the new total)
-    seed: int = 1  # seed of python, numpy, torch, the environments and the replay buffer
+    seed: int = 1  # in [0, 2**32): seed of python, numpy, torch, the environments and the replay buffer
     torch_deterministic: bool = True  # make cuDNN deterministic (`torch.backends.cudnn.deterministic`)
     device: str = "auto"  # auto (CUDA if available, else CPU), or a torch device such as cpu, cuda, cuda:1, mps
     num_threads: int = 0  # torch CPU threads; 0: OMP_NUM_THREADS if set, else the cores other processes leave idle
@@ -97,6 +107,8 @@ def check_args(args: Args) -> torch.device:  # refuses unusable flags before any
     for name in ["gamma", "tau"]:
         if not 0 < getattr(args, name) <= 1:
             raise Exit(f"{flag(name)} must be in (0, 1], got {getattr(args, name)}")
+    if not 0 <= args.seed < 2**32:  # numpy's global seed
+        raise Exit(f"--seed must be in [0, 2**32), got {args.seed}")
     if args.buffer_size < 3 * args.num_envs:
         raise Exit(f"--buffer-size {args.buffer_size} is too small for {args.num_envs} envs; use at least 3 per env")
     if args.batch_size > args.buffer_size:
@@ -226,6 +238,10 @@ class ReplayBuffer:
 
     ARRAYS = ("obs", "actions", "rewards", "terminations", "valid")
 
+    @staticmethod
+    def nbytes(buffer_size: int, num_envs: int, obs_dim: int, act_dim: int) -> int:  # what __init__ allocates
+        return num_envs * (buffer_size // num_envs) * (4 * (obs_dim + act_dim + 1) + 2)  # float32 x3, bool x2
+
     def __init__(self, buffer_size: int, num_envs: int, obs_dim: int, act_dim: int, seed: int):
         n, c = self.num_envs, self.capacity = num_envs, buffer_size // num_envs
         self.obs, self.actions = np.zeros((n, c, obs_dim), np.float32), np.zeros((n, c, act_dim), np.float32)
@@ -265,6 +281,16 @@ class ReplayBuffer:
         actions = self.actions.reshape(-1, self.actions.shape[-1]).take(row, axis=0)
         rewards, terminations = self.rewards.reshape(-1).take(row), self.terminations.reshape(-1).take(row)
         return obs[:batch_size], actions, rewards, terminations, obs[batch_size:]
+
+
+def available_memory() -> int | None:
+    """Bytes that can be allocated now: Linux's MemAvailable (free and reclaimable), else the free pages, else None."""
+    with contextlib.suppress(OSError, StopIteration, ValueError):
+        with open("/proc/meminfo") as f:
+            return 1024 * int(next(line.split()[1] for line in f if line.startswith("MemAvailable:")))
+    with contextlib.suppress(OSError, ValueError, AttributeError):  # macOS and Windows lack one or the other
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    return None
 
 
 # === Speed path (--cudagraphs; SAC.__init__ applies it and --compile): a plain run never enters it ====
@@ -749,6 +775,10 @@ def train(args: Args) -> int:
     make = [lambda: gym.wrappers.RecordEpisodeStatistics(make_env(args.env_id))] * args.num_envs
     envs = gym.vector.SyncVectorEnv(make, autoreset_mode=gym.vector.AutoresetMode.SAME_STEP)
     obs_dim, space = envs.single_observation_space.shape[0], envs.single_action_space
+    need, free = ReplayBuffer.nbytes(args.buffer_size, args.num_envs, obs_dim, space.shape[0]), available_memory()
+    if free is not None and need > free:  # refused now: numpy may allocate lazily, and the run be killed later
+        text = f"--buffer-size {args.buffer_size} needs {need / 2**30:.1f} GiB of memory for {args.env_id}"
+        raise Exit(text + f", but {free / 2**30:.1f} GiB is available; use a smaller --buffer-size")
     random.seed(args.seed)
     np.random.seed(args.seed)
     torch.manual_seed(args.seed)
