@@ -687,8 +687,13 @@ def open_run(args: Args, run_dir: Path, ckpt: Path | None, saved: dict | None, g
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
     except OSError as e:
-        docker = os.environ.get("SAC_COMMAND") and f", or run the container as your user: {os.environ['SAC_COMMAND']}"
-        raise Exit(f"cannot write to {run_dir} ({e.strerror}); choose a writable --output-dir{docker or ''}") from None
+        docker, folder = os.environ.get("SAC_COMMAND"), next((p for p in run_dir.parents if p.exists()), Path("."))
+        text = f"cannot write to {run_dir} ({e.strerror})"
+        if docker and isinstance(e, PermissionError) and folder.stat().st_uid == 0:  # e.g. a runs/ Docker made
+            text += f": {folder} is owned by root (did Docker create it?): sudo chown $(id -u):$(id -g) {folder}"
+            raise Exit(text + ", or mkdir it yourself before docker run") from None
+        docker = docker and f", or run the container as your user: {docker}"
+        raise Exit(f"{text}; choose a writable --output-dir{docker or ''}") from None
     print(f"run: {run_dir}" + (f" (resumed at step {global_step} from {ckpt.name})" if ckpt else ""), file=sys.stderr)
     clear_leftovers(run_dir, keep=ckpt)
     if saved is None:

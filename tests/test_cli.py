@@ -1,6 +1,7 @@
 """Command line: --help documents every flag; each kind of bad input is refused in one line (exit 2) with nothing
 written; the run directory is named at the start; on a terminal, a progress bar. Refusals call main() in-process."""
 
+import errno
 import json
 import os
 import pty
@@ -73,6 +74,7 @@ def prepare(root, hopper_model, case: str) -> None:
 
 ENVIRONMENT = {"compile without a compiler": ("CXX", "no-such-compiler")}
 ENVIRONMENT["unwritable output dir in the container"] = ("SAC_COMMAND", "docker run -v $PWD:/work sac")
+ENVIRONMENT["root-owned output dir in the container"] = ENVIRONMENT["unwritable output dir in the container"]
 BAD = {  # case: (changes to FAST, what the line must name)
     "unknown env": (dict(env_id="NotAnEnv-v0"), ["NotAnEnv-v0"]),
     "discrete env": (dict(env_id="CartPole-v1"), ["CartPole-v1", "Discrete"]),
@@ -107,7 +109,17 @@ BAD = {  # case: (changes to FAST, what the line must name)
         dict(output_dir="file/sub"),
         ["file/sub", ", or run the container as your user: docker run -v $PWD:/work sac"],
     ),
+    "root-owned output dir in the container": (
+        dict(output_dir="/no-such-dir/runs"),  # "/": root's on every machine
+        ["(Permission denied): / is owned by root (did Docker create it?): sudo chown $(id -u):$(id -g) /, or mkdir"],
+    ),
 }
+
+
+def denied_under_root(path: Path, *args, mkdir=Path.mkdir, **kwargs):  # a user who is not root, in / (mode 755)
+    if str(path).startswith("/no-such-dir"):
+        raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(path))
+    return mkdir(path, *args, **kwargs)
 
 
 @pytest.mark.parametrize("case", BAD)
@@ -117,6 +129,8 @@ def test_bad_input_is_refused_in_one_line_and_nothing_is_written(tmp_path, monke
     prepare(tmp_path, hopper_model, case)
     if case in ENVIRONMENT:
         monkeypatch.setenv(*ENVIRONMENT[case])
+    if case.startswith("root-owned"):
+        monkeypatch.setattr(Path, "mkdir", denied_under_root)
     changes, words = BAD[case]
     before = tree(tmp_path)
     error_line(main_in(tmp_path, *flags(**changes)), *words)
