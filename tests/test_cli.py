@@ -137,6 +137,7 @@ def test_bad_input_is_refused_in_one_line_and_nothing_is_written(tmp_path, monke
     assert tree(tmp_path) == before
 
 
+@pytest.mark.skipif(not Path("/proc/self/maps").exists(), reason="needs Linux's /proc/PID/maps")
 def test_ctrl_c_while_torch_imports_exits_130_in_one_line(tmp_path):
     """SIGINT once torch's library is loaded, amid the seconds its import takes: one line, exit 130, nothing written."""
     proc = start(tmp_path, *flags())
