@@ -1,6 +1,6 @@
 # sac_continuous.py in a container: CUDA if run with --gpus all, CPU otherwise, as any host user.
 #   docker build -t sac .
-#   docker run --rm --gpus all --user "$(id -u):$(id -g)" -v "$PWD/runs:/app/runs" sac --env-id Humanoid-v5
+#   mkdir -p runs && docker run --rm --gpus all --user "$(id -u):$(id -g)" -v "$PWD/runs:/app/runs" sac --env-id Humanoid-v5
 # README.md (Docker) covers GPU and CPU use; docs/docker.md how the image is built and how CI checks it.
 
 ARG BASE_IMAGE=debian:bookworm-slim

@@ -1,7 +1,8 @@
 """Soft Actor-Critic for continuous control, in one file: python sac_continuous.py --env-id Humanoid-v5
 
 Tanh-squashed Gaussian actor, twin Q critics, automatic entropy tuning (Haarnoja et al. 2018, arXiv:1812.05905).
-Exit codes: 0 done, 2 bad input (nothing written), 3 diverged, 74 a write failed, 75 stopped by a signal, 130 aborted.
+Exit codes: 0 done, 2 bad input (nothing written), 3 diverged, 74 a write, read or render failed, 75 stopped by a
+signal (checkpoint written), 130 aborted (Ctrl-C before training, or a second one).
 """
 
 import contextlib
@@ -13,13 +14,24 @@ import math
 import os
 import pickle
 import random
+import shlex
 import shutil
 import signal
 import sys
 import threading
 import time
+import traceback
 import warnings
 from pathlib import Path
+
+
+def quit_at_once(signum, frame) -> None:  # Ctrl-C before training (imports, setup, --eval-checkpoint): nothing to save
+    print("interrupted", file=sys.stderr)
+    os._exit(130)  # EXIT_ABORTED, not defined yet while torch imports
+
+
+if __name__ == "__main__":  # before the imports (torch's takes seconds); train() then installs its own handler
+    signal.signal(signal.SIGINT, quit_at_once)
 
 import gymnasium as gym
 import numpy as np
@@ -58,7 +70,7 @@ EXIT_ABORTED = 130
 class Args:
     env_id: str = "Humanoid-v5"  # the id of a gymnasium environment with a Box action space
     total_timesteps: int = 1_000_000  # environment steps to train for, over all envs (on --resume, the new total)
-    seed: int = 1  # seed of python, numpy, torch, the environments and the replay buffer
+    seed: int = 1  # in [0, 2**32): seed of python, numpy, torch, the environments and the replay buffer
     torch_deterministic: bool = True  # make cuDNN deterministic (`torch.backends.cudnn.deterministic`)
     device: str = "auto"  # auto (CUDA if available, else CPU), or a torch device such as cpu, cuda, cuda:1, mps
     num_threads: int = 0  # torch CPU threads; 0: OMP_NUM_THREADS if set, else the cores other processes leave idle
@@ -112,6 +124,8 @@ def check_args(args: Args) -> torch.device:  # refuses unusable flags before any
     for name in ["gamma", "tau"]:
         if not 0 < getattr(args, name) <= 1:
             raise Exit(f"{flag(name)} must be in (0, 1], got {getattr(args, name)}")
+    if not 0 <= args.seed < 2**32:  # numpy's global seed
+        raise Exit(f"--seed must be in [0, 2**32), got {args.seed}")
     if args.buffer_size < 3 * args.num_envs:
         raise Exit(f"--buffer-size {args.buffer_size} is too small for {args.num_envs} envs; use at least 3 per env")
     if args.batch_size > args.buffer_size:
@@ -236,6 +250,10 @@ class ReplayBuffer:
 
     ARRAYS = ("obs", "actions", "rewards", "terminations", "valid")
 
+    @staticmethod
+    def nbytes(buffer_size: int, num_envs: int, obs_dim: int, act_dim: int) -> int:  # what __init__ allocates
+        return num_envs * (buffer_size // num_envs) * (4 * (obs_dim + act_dim + 1) + 2)  # float32 x3, bool x2
+
     def __init__(self, buffer_size: int, num_envs: int, obs_dim: int, act_dim: int, seed: int):
         self.num_envs = num_envs
         self.capacity = buffer_size // num_envs
@@ -284,6 +302,16 @@ class ReplayBuffer:
         rewards = self.rewards.reshape(-1).take(row)
         terminations = self.terminations.reshape(-1).take(row)
         return obs[:batch_size], actions, rewards, terminations, obs[batch_size:]
+
+
+def available_memory() -> int | None:
+    """Bytes that can be allocated now: Linux's MemAvailable (free and reclaimable), else the free pages, else None."""
+    with contextlib.suppress(OSError, StopIteration, ValueError):
+        with open("/proc/meminfo") as f:
+            return 1024 * int(next(line.split()[1] for line in f if line.startswith("MemAvailable:")))
+    with contextlib.suppress(OSError, ValueError, AttributeError):  # macOS and Windows lack one or the other
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    return None
 
 
 # === Speed path (--cudagraphs; SAC.__init__ applies it and --compile): a plain run never enters it ====
@@ -516,14 +544,18 @@ MODEL_FORMAT, CHECKPOINT_FORMAT = "sac_continuous/model/v1", "sac_continuous/che
 
 
 def find_checkpoint(path: Path) -> Path | None:  # a run, checkpoints/ or step_* dir -> the step dir to load
+    """The newest step_N (12 digits: the name order is the step order). Its rename into place ends its write, so it
+    is complete; `latest`, written after it, only tells people and tools, and a crash may leave it behind."""
     for root in (path / "checkpoints", path):
-        if (root / "latest").is_file():
-            return root / (root / "latest").read_text().strip()
+        newest = max(root.glob("step_" + "[0-9]" * 12), default=None)
+        if newest:
+            return newest
     return path if (path / "state.pt").is_file() else None
 
 
 def save_checkpoint(run_dir: Path, state: dict, rb: ReplayBuffer) -> Path:
-    """step_N/{state.pt, buffer/*.npy} as a temporary dir, renamed, `latest` switched, older ones removed."""
+    """step_N/{state.pt, buffer/*.npy} as a temporary dir, renamed (now it is the one a resume takes), `latest`
+    switched, older ones removed."""
     root, name = run_dir / "checkpoints", f"step_{state['global_step']:012d}"
     final, tmp = root / name, root / f".tmp_{name}"
     try:
@@ -540,20 +572,19 @@ def save_checkpoint(run_dir: Path, state: dict, rb: ReplayBuffer) -> Path:
         fsync_dir(root)
         atomic_write(root / "latest", lambda f: f.write(f"{name}\n".encode()))
     except (OSError, RuntimeError, WriteError) as e:
-        shutil.rmtree(tmp, ignore_errors=True)
-        if find_checkpoint(run_dir) != final:  # renamed, but `latest` still names the previous one
-            shutil.rmtree(final, ignore_errors=True)
+        shutil.rmtree(tmp, ignore_errors=True)  # once renamed, `final` is complete: it stays
         raise e if isinstance(e, WriteError) else WriteError(final, e) from None
     clear_leftovers(run_dir, keep=final)
     return final
 
 
 def clear_leftovers(run_dir: Path, keep: Path | None) -> None:
-    """A killed process's temporary files and partial videos, and checkpoints that `latest` does not name."""
-    latest, root = find_checkpoint(run_dir), run_dir / "checkpoints"
+    """A killed process's temporary files and partial videos, and every checkpoint but `keep` (the one resumed or
+    just written; None: the newest)."""
+    keep, root = keep or find_checkpoint(run_dir), run_dir / "checkpoints"
     found = [*run_dir.glob(".*.tmp*"), *run_dir.glob("videos/.*.tmp*"), *(root.iterdir() if root.is_dir() else [])]
     for p in found:
-        if p in (latest, keep) or p.name == "latest" or (latest is None and p.name.startswith("step_")):
+        if p == keep or p.name == "latest":
             continue
         shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
 
@@ -681,13 +712,14 @@ def prepare_run(args: Args) -> tuple[Args, Path, Path | None, dict | None]:
 
 
 def resume_command(args: Args, run_dir: Path) -> str:
-    """This run's flags with --resume auto: it goes on from the last checkpoint, or starts afresh if there is none."""
+    """This run's flags with --resume auto: it goes on from the last checkpoint, or starts afresh if there is none.
+    Shell-quoted, to be pasted; $SAC_COMMAND (the Docker image's) is shell text already, kept as it is."""
     args = dataclasses.replace(args, resume="auto", run_name=run_dir.name, output_dir=str(run_dir.parent))
-    words = [os.environ.get("SAC_COMMAND", "python sac_continuous.py")]
+    words = []
     for field in (f for f in dataclasses.fields(Args) if getattr(args, f.name) != f.default):
         name, value = field.name, getattr(args, field.name)
         words += [flag(name) if value else flag("no_" + name)] if isinstance(value, bool) else [flag(name), str(value)]
-    return " ".join(words)
+    return os.environ.get("SAC_COMMAND", "python sac_continuous.py") + " " + shlex.join(words)
 
 
 # --- The training loop ----------------------------------------------------------------------------
@@ -704,8 +736,13 @@ def open_run(args: Args, run_dir: Path, ckpt: Path | None, saved: dict | None, g
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
     except OSError as e:
-        docker = os.environ.get("SAC_COMMAND") and f", or run the container as your user: {os.environ['SAC_COMMAND']}"
-        raise Exit(f"cannot write to {run_dir} ({e.strerror}); choose a writable --output-dir{docker or ''}") from None
+        docker, folder = os.environ.get("SAC_COMMAND"), next((p for p in run_dir.parents if p.exists()), Path("."))
+        text = f"cannot write to {run_dir} ({e.strerror})"
+        if docker and isinstance(e, PermissionError) and folder.stat().st_uid == 0:  # e.g. a runs/ Docker made
+            text += f": {folder} is owned by root (did Docker create it?): sudo chown $(id -u):$(id -g) {folder}"
+            raise Exit(text + ", or mkdir it yourself before docker run") from None
+        docker = docker and f", or run the container as your user: {docker}"
+        raise Exit(f"{text}; choose a writable --output-dir{docker or ''}") from None
     print(f"run: {run_dir}" + (f" (resumed at step {global_step} from {ckpt.name})" if ckpt else ""), file=sys.stderr)
     clear_leftovers(run_dir, keep=ckpt)
     if saved is None:
@@ -768,6 +805,19 @@ def last_checkpoint(run_dir: Path) -> str:
     return f"the last checkpoint {latest} is intact" if latest else "no checkpoint was written yet"
 
 
+def failed_operation(e: OSError | WriteError, run_dir: Path) -> str:
+    """Our own writes raise WriteError; TensorBoard's writer writes its newest events file; any other OSError is a
+    render or a read, told by the functions it passed through, with its path where it has one."""
+    frames = traceback.extract_tb(e.__traceback__)
+    if not isinstance(e, WriteError) and any("tensorboard" in f.filename for f in frames):
+        events = max(run_dir.glob("events.out.tfevents.*"), key=os.path.getmtime, default=run_dir)
+        e = WriteError(Path(e.filename or events), e)
+    if isinstance(e, WriteError):
+        return str(e)
+    operation = "render" if any(f.name == "render" for f in frames) else "read"
+    return f"cannot {operation}{f' {e.filename}' if e.filename else ''} ({e.strerror or e})"
+
+
 def train(args: Args) -> int:
     # Setup: everything that can refuse the input happens before anything is written
     device = check_args(args)
@@ -781,6 +831,10 @@ def train(args: Args) -> int:
     make = [lambda: gym.wrappers.RecordEpisodeStatistics(make_env(args.env_id))] * args.num_envs
     envs = gym.vector.SyncVectorEnv(make, autoreset_mode=gym.vector.AutoresetMode.SAME_STEP)
     obs_dim, space = envs.single_observation_space.shape[0], envs.single_action_space
+    need, free = ReplayBuffer.nbytes(args.buffer_size, args.num_envs, obs_dim, space.shape[0]), available_memory()
+    if free is not None and need > free:  # refused now: numpy may allocate lazily, and the run be killed later
+        text = f"--buffer-size {args.buffer_size} needs {need / 2**30:.1f} GiB of memory for {args.env_id}"
+        raise Exit(text + f", but {free / 2**30:.1f} GiB is available; use a smaller --buffer-size")
     random.seed(args.seed)
     np.random.seed(args.seed)
     torch.manual_seed(args.seed)
@@ -852,10 +906,9 @@ def train(args: Args) -> int:
                 text = f"stopped by {caught[0]} at step {global_step}; checkpoint {path}. Resume with: "
                 raise Exit(text + resume_command(args, run_dir), EXIT_INTERRUPTED)
         writer.close()
-    except (OSError, WriteError) as e:  # a checkpoint, model, video or event write failed: no training goes on
-        events = max(run_dir.glob("events.out.tfevents.*"), key=os.path.getmtime, default=run_dir)  # TensorBoard's
-        e = e if isinstance(e, WriteError) else WriteError(Path(e.filename or events), e)
-        text = f"{e} at step {global_step}; {last_checkpoint(run_dir)}. Fix it, then: {resume_command(args, run_dir)}"
+    except (OSError, WriteError) as e:  # a write (checkpoint, model, video, events), read or render failed: stop
+        text = f"{failed_operation(e, run_dir)} at step {global_step}; {last_checkpoint(run_dir)}"
+        text += f". Fix it, then: {resume_command(args, run_dir)}"
         raise Exit(text, EXIT_IO_ERROR) from None
     finally:
         bar.stop() if bar else None

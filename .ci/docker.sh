@@ -236,6 +236,8 @@ code=$?
 [ "$code" -eq 2 ] || { cat "$WORK/refusal.err" >&2; fail "unwritable runs/: exit $code, not 2"; }
 [ "$(wc -l <"$WORK/refusal.err")" -eq 1 ] && head -c 6 "$WORK/refusal.err" | grep -qx 'error:' \
     || { cat "$WORK/refusal.err" >&2; fail "unwritable runs/: stderr is not one line 'error: ...'"; }
+grep -qF 'runs is owned by root (did Docker create it?): sudo chown' "$WORK/refusal.err" \
+    || { cat "$WORK/refusal.err" >&2; fail "unwritable runs/: the line does not name the root-owned folder"; }
 log "unwritable runs/ refused: $(cat "$WORK/refusal.err")"
 
 # ---- --compile in the image: Inductor builds its CPU kernels with the image's g++ (a few hundred updates)

@@ -108,12 +108,13 @@ def step_name(step: int) -> str:
 
 
 def latest_name(run_dir: Path) -> str | None:
-    latest = run_dir / "checkpoints" / "latest"
-    return latest.read_text().strip() if latest.is_file() else None
+    """The checkpoint a resume takes: the newest complete step_* (`checkpoints/latest` is only a hint)."""
+    ckpt = sac.find_checkpoint(run_dir)
+    return ckpt.name if ckpt else None
 
 
 def latest_ckpt(run_dir: Path) -> Path:
-    assert (name := latest_name(run_dir)), f"{run_dir} has no checkpoints/latest"
+    assert (name := latest_name(run_dir)), f"{run_dir} has no checkpoint"
     return run_dir / "checkpoints" / name
 
 
@@ -164,8 +165,9 @@ def mjdata_fields(blob: bytes) -> dict:
 
 def diff(a, b, path: str = "") -> list[str]:
     """Every difference between two loaded checkpoints, bit for bit (floats and tensors by their bytes).
-    Not compared: the wall-clock start time of the current episodes and how the run was started (--resume DIR)."""
-    if path.endswith(("episode_start_time", "/args/resume", "/args/run_name")):
+    Not compared: the wall-clock start time of the current episodes, how the run was started (--resume DIR) and
+    where it is written."""
+    if path.endswith(("episode_start_time", "/args/resume", "/args/run_name", "/args/output_dir")):
         return []
     if type(a) is not type(b):
         return [f"{path}: {type(a).__name__} vs {type(b).__name__}"]

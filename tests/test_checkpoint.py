@@ -80,20 +80,22 @@ def test_a_finished_run_extended_is_bitwise_the_uninterrupted_run(runs):
 
 def test_sigterm_exits_75_and_its_resume_command_ends_bitwise_like_the_uninterrupted_run(runs, tmp_path):
     """Hopper-v5: SIGTERM after the checkpoint at MID writes a checkpoint at the current step; the printed command
-    (starting with $SAC_COMMAND) continues to the same final state, flags and MjData included."""
+    (starting with $SAC_COMMAND), pasted into bash, continues to the same final state, flags and MjData included;
+    a run name with a space and a quote and an output dir with a space are quoted."""
     command = f"{shlex.quote(sys.executable)} {shlex.quote(str(h.SCRIPT))}"
-    proc = h.start(tmp_path, *runs.hopper, env={**os.environ, "SAC_COMMAND": command})
-    run_dir = tmp_path / "runs" / "r"
+    where = ["--run-name", "my run's 1", "--output-dir", "out dir"]
+    proc = h.start(tmp_path, *runs.hopper, *where, env={**os.environ, "SAC_COMMAND": command})
+    run_dir = tmp_path / "out dir" / "my run's 1"
     wait_until(lambda: h.latest_name(run_dir) == h.step_name(MID), proc, "checkpoint at MID")
     proc.send_signal(signal.SIGTERM)
     res = h.finish(proc)
     assert res.code == sac.EXIT_INTERRUPTED == 75 and "Traceback" not in res.err, res.err
-    m = re.search(r"stopped by SIGTERM at step (\d+); checkpoint (\S+)\. Resume with: (.+)", res.err)
+    m = re.search(r"stopped by SIGTERM at step (\d+); checkpoint (.+)\. Resume with: (.+)", res.err)
     assert m and m[3].startswith(command), res.err
     step = int(m[1])
     assert MID <= step < TOTAL and Path(m[2]).name == h.latest_name(run_dir) == h.step_name(step)
     assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["latest", h.step_name(step)]
-    resumed = subprocess.run(shlex.split(m[3]), cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    resumed = subprocess.run(["bash", "-c", m[3]], cwd=tmp_path, capture_output=True, text=True, timeout=600)
     assert resumed.returncode == 0 and f"at step {step}" in resumed.stderr, resumed.stderr[-3000:]
     assert_same_run(runs.base / "Hopper-v5" / "runs" / "r", run_dir)
 
@@ -268,7 +270,7 @@ DAMAGE = {  # case: (damage the checkpoint, what --resume names relative to the 
     "obs.npy cut in half": (lambda c: cut(c / "buffer" / "obs.npy", lambda n: n // 2), "."),
     "actions.npy of another shape": (lambda c: np.save(c / "buffer" / "actions.npy", np.zeros((1, 5, 2))), "ckpt"),
     "valid.npy missing": (lambda c: (c / "buffer" / "valid.npy").unlink(), "."),
-    "latest names a removed checkpoint": (shutil.rmtree, "."),
+    "checkpoint removed": (shutil.rmtree, "."),
     "a model file": (lambda c: None, "model.pt"),
 }
 

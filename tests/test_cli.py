@@ -1,17 +1,21 @@
 """Command line: --help documents every flag; each kind of bad input is refused in one line (exit 2) with nothing
 written; the run directory is named at the start; on a terminal, a progress bar. Refusals call main() in-process."""
 
+import errno
 import json
 import os
 import pty
 import re
+import signal
 import subprocess
 import sys
+import time
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from conftest import SCRIPT, error_line, main_in, ok, run_script, tree
+from conftest import SCRIPT, error_line, finish, main_in, ok, run_script, start, tree
 
 # a complete, tiny Pendulum-v1 run: each bad case changes one thing in it
 FAST = {"--env-id": "Pendulum-v1", "--total-timesteps": 50, "--learning-starts": 10, "--batch-size": 8}
@@ -80,6 +84,7 @@ def prepare(root, hopper_model, case: str) -> None:
 
 ENVIRONMENT = {"compile without a compiler": ("CXX", "no-such-compiler")}
 ENVIRONMENT["unwritable output dir in the container"] = ("SAC_COMMAND", "docker run -v $PWD:/work sac")
+ENVIRONMENT["root-owned output dir in the container"] = ENVIRONMENT["unwritable output dir in the container"]
 BAD = {  # case: (changes to FAST, what the line must name)
     "unknown env": (dict(env_id="NotAnEnv-v0"), ["NotAnEnv-v0"]),
     "discrete env": (dict(env_id="CartPole-v1"), ["CartPole-v1", "Discrete"]),
@@ -88,6 +93,9 @@ BAD = {  # case: (changes to FAST, what the line must name)
     "negative learning starts": (dict(learning_starts=-1), ["--learning-starts"]),
     "gamma 0": (dict(gamma=0), ["--gamma"]),
     "tau 2": (dict(tau=2), ["--tau"]),
+    "negative seed": (dict(seed=-1), ["--seed", "-1", "2**32"]),
+    "seed of 2**33": (dict(seed=2**33), ["--seed", str(2**33)]),
+    "buffer larger than memory": (dict(buffer_size=10**11), ["--buffer-size 100000000000", "GiB", "available"]),
     "buffer too small for the envs": (dict(num_envs=4, buffer_size=8, batch_size=4), ["--buffer-size"]),
     "batch larger than buffer": (dict(batch_size=512, buffer_size=256), ["--batch-size", "--buffer-size"]),
     "resume auto without run name": (dict(resume="auto", run_name=None), ["--resume auto", "--run-name"]),
@@ -111,7 +119,17 @@ BAD = {  # case: (changes to FAST, what the line must name)
         dict(output_dir="file/sub"),
         ["file/sub", ", or run the container as your user: docker run -v $PWD:/work sac"],
     ),
+    "root-owned output dir in the container": (
+        dict(output_dir="/no-such-dir/runs"),  # "/": root's on every machine
+        ["(Permission denied): / is owned by root (did Docker create it?): sudo chown $(id -u):$(id -g) /, or mkdir"],
+    ),
 }
+
+
+def denied_under_root(path: Path, *args, mkdir=Path.mkdir, **kwargs):  # a user who is not root, in / (mode 755)
+    if str(path).startswith("/no-such-dir"):
+        raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(path))
+    return mkdir(path, *args, **kwargs)
 
 
 @pytest.mark.parametrize("case", BAD)
@@ -121,10 +139,24 @@ def test_bad_input_is_refused_in_one_line_and_nothing_is_written(tmp_path, monke
     prepare(tmp_path, hopper_model, case)
     if case in ENVIRONMENT:
         monkeypatch.setenv(*ENVIRONMENT[case])
+    if case.startswith("root-owned"):
+        monkeypatch.setattr(Path, "mkdir", denied_under_root)
     changes, words = BAD[case]
     before = tree(tmp_path)
     error_line(main_in(tmp_path, *flags(**changes)), *words)
     assert tree(tmp_path) == before
+
+
+@pytest.mark.skipif(not Path("/proc/self/maps").exists(), reason="needs Linux's /proc/PID/maps")
+def test_ctrl_c_while_torch_imports_exits_130_in_one_line(tmp_path):
+    """SIGINT once torch's library is loaded, amid the seconds its import takes: one line, exit 130, nothing written."""
+    proc = start(tmp_path, *flags())
+    maps = Path(f"/proc/{proc.pid}/maps")
+    while proc.poll() is None and "libtorch" not in maps.read_text():
+        time.sleep(0.002)
+    proc.send_signal(signal.SIGINT)
+    res = finish(proc, timeout=60)
+    assert res.code == 130 and res.err == "interrupted\n" and not (tmp_path / "out").exists(), res.err
 
 
 def test_a_bad_pickle_header_is_one_line_in_a_real_process(tmp_path):

@@ -11,6 +11,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import conftest as h
+import numpy as np
 import pytest
 import torch
 
@@ -43,11 +44,12 @@ def intact(run_dir: Path) -> dict:
     return {k: v for k, v in h.tree(run_dir).items() if any(k == p or k.startswith(p + "/") for p in keep)}
 
 
-def assert_resume_finishes_like(reference: Path, cwd: Path) -> None:
-    h.ok(h.main_in(cwd, *FLAGS))
+def assert_resume_finishes_like(reference: Path, cwd: Path) -> str:
+    res = h.ok(h.main_in(cwd, *FLAGS))
     assert not h.temporaries(cwd / "runs" / "r")
     h.assert_same_checkpoint(h.latest_ckpt(reference), h.latest_ckpt(cwd / "runs" / "r"))
     h.assert_same_models(reference, cwd / "runs" / "r")
+    return res.err
 
 
 def fail_write(monkeypatch, name: str, nth: int, code: int, run_dir: Path) -> SimpleNamespace:
@@ -94,9 +96,10 @@ def test_a_failed_write_exits_74_in_one_line_and_resume_auto_finishes(reference,
     assert all(s <= step for points in h.scalars(run_dir).values() for s, _ in points), "trained past the failure"
     if h.latest_name(run_dir):
         assert f"the last checkpoint runs/r/checkpoints/{h.latest_name(run_dir)} is intact" in line, line
-        if name in ("obs.npy", "state.pt", "latest"):  # a failed checkpoint: the one before it stays `latest`
-            assert h.latest_name(run_dir) == h.step_name(step - EVERY)
-            assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["latest", h.step_name(step - EVERY)]
+        if name in ("obs.npy", "state.pt", "latest"):  # failed before its rename: the one before it is the newest
+            kept = [h.step_name(step - EVERY)] + ([h.step_name(step)] if name == "latest" else [])  # renamed: complete
+            assert h.latest_name(run_dir) == kept[-1]
+            assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["latest", *kept]
     else:
         assert "no checkpoint was written yet" in line, line
     assert "python sac_continuous.py" in line and "--resume" in line, line
@@ -126,18 +129,52 @@ def test_a_failed_event_write_exits_74_in_one_line_and_resume_auto_finishes(refe
     assert_resume_finishes_like(reference, tmp_path)
 
 
-@pytest.mark.parametrize("under", ["rewards.npy", "latest"])
-def test_leftovers_of_a_process_that_died_mid_checkpoint_are_cleared_at_start(reference, tmp_path, monkeypatch, under):
-    """Dying at the first operation on `under` of checkpoint 120 (amid its buffer files; or with it renamed into
-    place and `latest` not yet switched) leaves a partial or orphan checkpoint; the same command clears it away
-    and finishes exactly."""
+NOT_WRITES = {  # what the first evaluation meets, and the line
+    "read": (FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), "assets/a.xml"), "cannot read assets/a.xml"),
+    "render": (OSError(errno.EIO, os.strerror(errno.EIO)), "cannot render (Input/output error)"),
+}
+
+
+@pytest.mark.parametrize("case", NOT_WRITES)
+def test_a_failed_read_or_render_is_named_so_not_a_write(tmp_path, monkeypatch, case):
+    """Once the run has started, making the evaluation's env fails (a read) or its first frame (a render): exit 74,
+    and the line names the operation and the error's own path, not TensorBoard's file."""
+    error, words = NOT_WRITES[case]
+    original, started = sac.make_env, lambda: (tmp_path / "runs" / "r" / "args.json").exists()
+
+    def make_env(env_id, render_mode=None):  # frames without a rendering library (pygame), black until then
+        if case == "read" and started():
+            raise error
+
+        def render():
+            if started():
+                raise error
+            return np.zeros((8, 8, 3), np.uint8)
+
+        env = original(env_id)
+        env.render = render
+        return env
+
+    monkeypatch.setattr(sac, "make_env", make_env)
+    monkeypatch.setenv("MUJOCO_GL", "egl")  # what --capture-video would set for good
+    line = h.error_line(h.main_in(tmp_path, *FLAGS, "--capture-video"), words, f"at step {EVERY}", code=74)
+    assert "cannot write" not in line, line
+
+
+@pytest.mark.parametrize("under,nth", [("rewards.npy", 2), ("latest", 1), ("latest", 2)])
+def test_a_process_that_died_mid_checkpoint_resumes_from_the_newest_complete_one(
+    reference, tmp_path, monkeypatch, under, nth
+):
+    """Dying at the first operation on `under` of checkpoint 60 or 120: amid its buffer files (a partial one is
+    left), or renamed into place with `latest` not yet switched (at 60 there is no `latest`, as if deleted). The
+    same command clears the leftovers, resumes from the newest complete checkpoint and finishes exactly."""
     with h.crash_at(None, under) as ops:  # how many operations on `under` one checkpoint makes
         h.ok(h.main_in(tmp_path / "count", *FLAGS[:-1], EVERY))
-    run_dir = tmp_path / "runs" / "r"
-    with h.crash_at(ops.count + 1, under), pytest.raises(h.Crash):
+    run_dir, resumed = tmp_path / "runs" / "r", EVERY * nth if under == "latest" else EVERY
+    with h.crash_at(ops.count * (nth - 1) + 1, under), pytest.raises(h.Crash):
         h.main_in(tmp_path, *FLAGS)
-    assert h.latest_name(run_dir) == h.step_name(EVERY)
-    assert h.temporaries(run_dir) or len(list((run_dir / "checkpoints").iterdir())) > 2, "precondition: leftovers"
+    assert (run_dir / "checkpoints" / "latest").exists() == (nth > 1)
+    assert h.temporaries(run_dir) or len(list((run_dir / "checkpoints").iterdir())) > 2 or nth == 1, "leftovers"
     original, seen = sac.write_file, []
 
     def write_file(path, write):  # the resumed run's first write finds the leftovers gone already
@@ -145,8 +182,8 @@ def test_leftovers_of_a_process_that_died_mid_checkpoint_are_cleared_at_start(re
         return original(path, write)
 
     monkeypatch.setattr(sac, "write_file", write_file)
-    assert_resume_finishes_like(reference, tmp_path)
-    assert seen[0] == (["latest", h.step_name(EVERY)], [])
+    assert f"(resumed at step {resumed} from" in assert_resume_finishes_like(reference, tmp_path)
+    assert seen[0] == (["latest"] * (nth > 1) + [h.step_name(resumed)], [])
     assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["latest", h.step_name(TOTAL)]
 
 
