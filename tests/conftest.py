@@ -7,9 +7,7 @@ import contextlib
 import hashlib
 import io
 import os
-import pickle
 import signal
-import struct
 import subprocess
 import sys
 from pathlib import Path
@@ -23,12 +21,13 @@ os.environ.pop("SAC_COMMAND", None)  # the Docker image's; resume commands here 
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
+from gpu_check import compare_trees  # noqa: E402
 
 import sac_continuous as sac  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPT = ROOT / "sac_continuous.py"
-BUFFER_FILES = ("obs", "actions", "rewards", "terminations", "valid")
+BUFFER_FILES = sac.ReplayBuffer.ARRAYS
 # a small Pendulum-v1 run (train from step 50, batches of 32) for the tests that signal, break or resume one
 SMALL = ["--env-id", "Pendulum-v1", "--learning-starts", "50", "--batch-size", "32", "--buffer-size", "1000"]
 SMALL += ["--eval-episodes", "1", "--device", "cpu", "--run-name", "r"]
@@ -148,46 +147,10 @@ def scalars(run_dir: Path) -> dict[str, list[tuple[int, float]]]:
 # --- bit-for-bit comparison ---
 
 
-def mjdata_fields(blob: bytes) -> dict:
-    import mujoco  # noqa: F401  (the pickle names mujoco._structs.MjData)
-
-    data = pickle.loads(blob)  # the tests' own files
-    fields = {}
-    for name in dir(data):
-        value = getattr(data, name) if not name.startswith("_") and name != "timer" else None  # timer: wall clock
-        if isinstance(value, np.ndarray):
-            fields[name] = (value.dtype.str, value.shape, value.tobytes())
-        elif isinstance(value, (int, float)):
-            fields[name] = value
-    assert "qpos" in fields and "qvel" in fields
-    return fields
-
-
-def diff(a, b, path: str = "") -> list[str]:
-    """Every difference between two loaded checkpoints, bit for bit (floats and tensors by their bytes).
-    Not compared: the wall-clock start time of the current episodes, how the run was started (--resume DIR) and
-    where it is written."""
-    if path.endswith(("episode_start_time", "/args/resume", "/args/run_name", "/args/output_dir")):
-        return []
-    if type(a) is not type(b):
-        return [f"{path}: {type(a).__name__} vs {type(b).__name__}"]
-    if isinstance(a, dict):
-        out = [f"{path}: keys {sorted(map(str, a.keys() ^ b.keys()))} on one side only"] if a.keys() != b.keys() else []
-        return out + [d for k in a.keys() & b.keys() for d in diff(a[k], b[k], f"{path}/{k}")]
-    if isinstance(a, (list, tuple)):
-        if len(a) != len(b):
-            return [f"{path}: length {len(a)} vs {len(b)}"]
-        return [d for i, (x, y) in enumerate(zip(a, b)) for d in diff(x, y, f"{path}/{i}")]
-    if isinstance(a, torch.Tensor):
-        x, y = a.detach().cpu().contiguous(), b.detach().cpu().contiguous()
-        same = x.dtype == y.dtype and x.shape == y.shape and x.numpy().tobytes() == y.numpy().tobytes()
-        return [] if same else [f"{path}: tensors differ"]
-    if isinstance(a, float):
-        return [] if struct.pack("<d", a) == struct.pack("<d", b) else [f"{path}: {a!r} vs {b!r}"]
-    if isinstance(a, bytes) and b"MjData" in a[:200]:  # MjData also holds MuJoCo's wall-clock timers
-        fa, fb = mjdata_fields(a), mjdata_fields(b)
-        return [f"{path}.{k}" for k in fa.keys() | fb.keys() if fa.get(k) != fb.get(k)]
-    return [] if a == b else [f"{path}: {a!r} vs {b!r}"]
+def diff(a, b) -> list[str]:
+    """Every difference between two loaded checkpoints or model files, bit for bit (benchmark/perf/gpu_check.py's
+    comparator, which the GPU check uses too)."""
+    return compare_trees(a, b)[1]
 
 
 def assert_same_checkpoint(ckpt_a: Path, ckpt_b: Path, ignore: str = "/nothing/") -> None:

@@ -1,20 +1,17 @@
 """benchmark/perf/gpu_check.py: its CPU mode (--device cpu --quick) runs every part, so the GPU check cannot rot
 between the rare sessions that have a GPU; its resume comparison sees a one-bit difference."""
 
-import importlib.util
 import json
 import os
 import subprocess
 import sys
 from pathlib import Path
 
+import gpu_check  # benchmark/perf/ (pyproject.toml puts it on the path)
 import pytest
 import torch
 
-CHECK = Path(__file__).resolve().parents[1] / "benchmark" / "perf" / "gpu_check.py"
-spec = importlib.util.spec_from_file_location("gpu_check", CHECK)
-gpu_check = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(gpu_check)
+CHECK = Path(gpu_check.__file__)
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
 
 
@@ -49,4 +46,4 @@ def test_resume_comparison_sees_one_bit():
     n, diffs, worst = gpu_check.compare_trees(a, b)
     assert diffs == ["/modules/w"] and 0 < worst < 1e-6
     b["n"] = 2
-    assert "/n" in gpu_check.compare_trees(a, b)[1]
+    assert "/n: 1 vs 2" in gpu_check.compare_trees(a, b)[1]

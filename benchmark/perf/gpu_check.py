@@ -138,26 +138,50 @@ def part_tests(a: argparse.Namespace, cuda: bool) -> dict:
     return {"ok": ok, "counts": counts, "summary": " | ".join(out.strip().splitlines()[-1 if ok else -25 :])}
 
 
+def mjdata_fields(blob: bytes) -> dict:
+    """A pickled MjData's arrays and numbers (a checkpoint's own file), less MuJoCo's wall-clock timers."""
+    import pickle
+
+    import mujoco  # noqa: F401  (the pickle names mujoco._structs.MjData)
+    import numpy as np
+
+    data = pickle.loads(blob)
+    values = {name: getattr(data, name) for name in dir(data) if not name.startswith("_") and name != "timer"}
+    arrays = {k: (v.dtype.str, v.shape, v.tobytes()) for k, v in values.items() if isinstance(v, np.ndarray)}
+    return arrays | {k: v for k, v in values.items() if isinstance(v, (int, float))}
+
+
 def compare_trees(a, b, path=""):
-    """(number of tensors compared, differing paths, largest absolute difference) of two torch.load'ed trees;
-    tensors by their bytes, other leaves by ==, except the ones that name where or when the run went."""
+    """(number of tensors compared, differing paths, largest absolute difference) of two torch.load'ed checkpoints or
+    model files, bit for bit: tensors and floats by their bytes, MjData by its fields, other leaves by ==. Not compared:
+    what names where or when the run went (wall-clock episode start, --resume, --run-name, --output-dir)."""
+    import struct
+
     import torch
 
-    if isinstance(a, dict) and isinstance(b, dict):
-        out = [compare_trees(a.get(k), b.get(k), f"{path}/{k}") if k in a and k in b else (0, [f"{path}/{k}"], 0.0)
+    if path.endswith(("episode_start_time", "/resume", "/run_name", "/output_dir")):
+        return 0, [], 0.0
+    if type(a) is not type(b):
+        return 0, [f"{path}: {type(a).__name__} vs {type(b).__name__}"], float("inf")
+    if isinstance(a, dict):
+        out = [compare_trees(a[k], b[k], f"{path}/{k}") if k in a and k in b else (0, [f"{path}/{k}: one side"], 0.0)
                for k in sorted(a.keys() | b.keys(), key=str)]  # fmt: skip
-    elif isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)) and len(a) == len(b):
+    elif isinstance(a, (list, tuple)) and len(a) == len(b):
         out = [compare_trees(x, y, f"{path}/{i}") for i, (x, y) in enumerate(zip(a, b))]
-    elif isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor):
-        x, y = a.detach().cpu(), b.detach().cpu()
+    elif isinstance(a, torch.Tensor):
+        x, y = a.detach().cpu().contiguous(), b.detach().cpu().contiguous()
         if x.shape != y.shape or x.dtype != y.dtype:
             return 1, [f"{path}: shape/dtype"], float("inf")
         if x.reshape(-1).view(torch.uint8).equal(y.reshape(-1).view(torch.uint8)):
             return 1, [], 0.0
         return 1, [path], (x.double() - y.double()).abs().max().item() if x.is_floating_point() else float("inf")
+    elif isinstance(a, float):
+        return 0, ([] if struct.pack("<d", a) == struct.pack("<d", b) else [f"{path}: {a!r} vs {b!r}"]), 0.0
+    elif isinstance(a, bytes) and b"MjData" in a[:200]:
+        fa, fb = mjdata_fields(a), mjdata_fields(b)
+        return 0, [f"{path}.{k}" for k in sorted(fa.keys() | fb.keys()) if fa.get(k) != fb.get(k)], 0.0
     else:
-        skip = path.endswith(("episode_start_time", "/resume", "/output_dir", "mjdata"))
-        return 0, ([] if skip or a == b else [path]), 0.0
+        return 0, ([] if a == b else [f"{path}: {a!r} vs {b!r}"]), 0.0
     return sum(o[0] for o in out), [d for o in out for d in o[1]], max((o[2] for o in out), default=0.0)
 
 
