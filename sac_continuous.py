@@ -188,6 +188,20 @@ def check_rendering(env_id: str, capture_video: bool) -> None:
         raise Exit(f"MUJOCO_GL={gl}: cannot load its OpenGL library; install {package} (e.g. apt-get)") from None
 
 
+def make_envs(args: Args) -> gym.vector.SyncVectorEnv:
+    """--num-envs copies that record their episodes' returns and lengths. SAME_STEP autoreset: an episode's last step
+    returns the reset observation, and the real last one in infos["final_obs"]."""
+    make = [lambda: gym.wrappers.RecordEpisodeStatistics(make_env(args.env_id))] * args.num_envs
+    return gym.vector.SyncVectorEnv(make, autoreset_mode=gym.vector.AutoresetMode.SAME_STEP)
+
+
+def real_next_obs(next_obs: np.ndarray, infos: dict) -> np.ndarray:  # s' of each env: the final obs where one ended
+    real = next_obs.copy()
+    if "_final_obs" in infos:
+        real[infos["_final_obs"]] = np.stack(infos["final_obs"][infos["_final_obs"]])
+    return real
+
+
 # --- Networks -------------------------------------------------------------------------------------
 LOG_STD_MIN = -5.0
 LOG_STD_MAX = 2.0
@@ -827,9 +841,7 @@ def train(args: Args) -> int:
         )
     args, run_dir, ckpt, saved = prepare_run(args)
     check_rendering(args.env_id, args.capture_video)
-    # SAME_STEP autoreset: an episode's last step returns the reset observation, the real last one in infos["final_obs"]
-    make = [lambda: gym.wrappers.RecordEpisodeStatistics(make_env(args.env_id))] * args.num_envs
-    envs = gym.vector.SyncVectorEnv(make, autoreset_mode=gym.vector.AutoresetMode.SAME_STEP)
+    envs = make_envs(args)
     obs_dim, space = envs.single_observation_space.shape[0], envs.single_action_space
     need, free = ReplayBuffer.nbytes(args.buffer_size, args.num_envs, obs_dim, space.shape[0]), available_memory()
     if free is not None and need > free:  # refused now: numpy may allocate lazily, and the run be killed later
@@ -859,15 +871,14 @@ def train(args: Args) -> int:
             # ALGO LOGIC: act (random until learning starts), step the envs, store s' (the real final obs at an end)
             actions = envs.action_space.sample() if global_step < args.learning_starts else agent.act(obs)
             next_obs, rewards, terminations, truncations, infos = envs.step(actions)
-            dones, real_next_obs = terminations | truncations, next_obs.copy()
+            dones = terminations | truncations
             if dones.any():
-                real_next_obs[infos["_final_obs"]] = np.stack(infos["final_obs"][infos["_final_obs"]])
                 episode = infos["final_info"]["episode"]
                 for i in np.flatnonzero(infos["final_info"]["_episode"]):
                     last_return = float(episode["r"][i])
                     writer.add_scalar("charts/episodic_return", last_return, global_step + i + 1)
                     writer.add_scalar("charts/episodic_length", int(episode["l"][i]), global_step + i + 1)
-            rb.add(actions, rewards, terminations, real_next_obs, dones, next_obs)
+            rb.add(actions, rewards, terminations, real_next_obs(next_obs, infos), dones, next_obs)
             obs, prev_step, global_step = next_obs, global_step, global_step + args.num_envs
 
             # ALGO LOGIC: one SAC update per vector step once learning has started

@@ -22,7 +22,6 @@ from collections import defaultdict
 from pathlib import Path
 
 import gymnasium as gym
-import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
@@ -32,8 +31,7 @@ import sac_continuous as sac  # noqa: E402
 class Ours:
     def __init__(self, env_id: str, learning_starts: int, device: torch.device, seed: int, phases: bool, **fast):
         self.args = sac.Args(env_id=env_id, learning_starts=learning_starts, seed=seed, **fast)
-        make = [lambda: gym.wrappers.RecordEpisodeStatistics(sac.make_env(env_id))]  # as sac_continuous.train
-        self.envs = gym.vector.SyncVectorEnv(make, autoreset_mode=gym.vector.AutoresetMode.SAME_STEP)
+        self.envs = sac.make_envs(self.args)
         obs_dim, space = self.envs.single_observation_space.shape[0], self.envs.single_action_space
         torch.manual_seed(seed)
         self.agent = sac.SAC(obs_dim, space.low, space.high, self.args, device)
@@ -69,10 +67,7 @@ class Ours:
             actions = self.act(self.obs) if learn else self.envs.action_space.sample()
             next_obs, rewards, terminations, truncations, infos = self.step(actions)
             dones = terminations | truncations
-            real_next_obs = next_obs.copy()  # s' of an episode that just ended is its final observation
-            if dones.any():
-                real_next_obs[infos["_final_obs"]] = np.stack(infos["final_obs"][infos["_final_obs"]])
-            self.add(actions, rewards, terminations, real_next_obs, dones, next_obs)
+            self.add(actions, rewards, terminations, sac.real_next_obs(next_obs, infos), dones, next_obs)
             self.obs = next_obs
             if learn:
                 self.update(self.sample(self.args.batch_size))
@@ -81,7 +76,6 @@ class Ours:
 
 class SB3:
     def __init__(self, env_id: str, learning_starts: int, device: torch.device, seed: int):
-        import gymnasium as gym
         from stable_baselines3 import SAC
 
         kw = dict(learning_rate=3e-4, buffer_size=100_000, learning_starts=learning_starts, batch_size=256, tau=0.005)
