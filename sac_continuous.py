@@ -105,6 +105,8 @@ def check_args(args: Args) -> torch.device:  # refuses unusable flags before any
         raise Exit("--resume and --eval-checkpoint exclude each other; pass one of them")
     if args.track and importlib.util.find_spec("wandb") is None:
         raise Exit("--track needs Weights & Biases: pip install wandb")
+    if args.track and not wandb_key_found():
+        raise Exit("--track: no W&B API key found; run `wandb login`, set WANDB_API_KEY, or set WANDB_MODE=offline")
     available = {"cuda": torch.cuda.is_available(), "mps": torch.backends.mps.is_available()}
     try:
         device = torch.device(("cuda" if available["cuda"] else "cpu") if args.device == "auto" else args.device)
@@ -601,6 +603,7 @@ def restore(saved: dict, ckpt: Path, agent: SAC, rb: ReplayBuffer, envs: gym.vec
 # Arguments that define the run: on --resume they come from the checkpoint (other non-default values are refused)
 RUN_DEFINING = ("env_id", "num_envs", "buffer_size", "gamma", "tau", "batch_size", "learning_starts")
 RUN_DEFINING += ("policy_lr", "q_lr", "policy_frequency", "target_network_frequency", "alpha", "autotune", "seed")
+FAILED_START = ("events.out.tfevents.", "wandb_run_id")  # what a start that fails before args.json may leave
 
 
 def prepare_run(args: Args) -> tuple[Args, Path, Path | None, dict | None]:
@@ -614,8 +617,10 @@ def prepare_run(args: Args) -> tuple[Args, Path, Path | None, dict | None]:
         name = args.run_name or f"{args.env_id}__{args.exp_name}__{args.seed}__{int(time.time())}"
         run_dir = Path(args.output_dir, name)
         ckpt = find_checkpoint(run_dir) if args.resume == "auto" and run_dir.exists() else None
-        # --resume auto with no checkpoint yet (e.g. killed before the first one) starts the run afresh
-        if ckpt is None and args.resume != "auto" and run_dir.exists() and any(run_dir.iterdir()):
+        # --resume auto with no checkpoint yet (e.g. killed before the first one) starts the run afresh; the same
+        # command goes on after a start that failed before training (it left no args.json)
+        started = [p for p in run_dir.iterdir() if not p.name.startswith(FAILED_START)] if run_dir.is_dir() else []
+        if ckpt is None and args.resume != "auto" and started:
             raise Exit(f"run directory {run_dir} already holds a run; add --resume auto, or choose another --run-name")
     if ckpt is None:
         return args, run_dir, None, None
@@ -648,6 +653,12 @@ class StopSignals(list):  # SIGINT/SIGTERM: the first one's name is kept (the lo
             os._exit(EXIT_ABORTED)
         self.append(signal.Signals(signum).name)
         print(f"\n{self[0]}: finishing this step, writing a checkpoint (again: quit at once)", file=sys.stderr)
+
+
+def wandb_key_found() -> bool:  # wandb's own lookup (WANDB_API_KEY, ~/.netrc, its settings), with no network
+    import wandb
+
+    return wandb.setup().settings.mode in ("offline", "dryrun", "disabled") or wandb.login(verify=False, prompt=False)
 
 
 class WandbRun:
@@ -709,7 +720,8 @@ class WandbRun:
 
 
 def open_run(args: Args, run_dir: Path, ckpt: Path | None, saved: dict | None, global_step: int):
-    """Run dir, args.json, TensorBoard (on resume it drops what was logged after the checkpoint), W&B, progress bar."""
+    """Run dir, TensorBoard (on resume it drops what was logged after the checkpoint), W&B, then args.json (a start that
+    fails before it leaves what the same command accepts), progress bar."""
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
     except OSError as e:
@@ -717,8 +729,6 @@ def open_run(args: Args, run_dir: Path, ckpt: Path | None, saved: dict | None, g
         raise Exit(f"cannot write to {run_dir} ({e.strerror}); choose a writable --output-dir{docker or ''}") from None
     print(f"run: {run_dir}" + (f" (resumed at step {global_step} from {ckpt.name})" if ckpt else ""), file=sys.stderr)
     clear_leftovers(run_dir, keep=ckpt)
-    if saved is None:
-        atomic_write(run_dir / "args.json", lambda f: f.write(json.dumps(dataclasses.asdict(args), indent=2).encode()))
     hook = threading.excepthook  # the writer thread's failed write: the writer re-raises it, reported in one line
     threading.excepthook = lambda a: type(a.thread).__name__ == "_AsyncWriterThread" or hook(a)
     purge_step = global_step + 1 if saved else 0 if any(run_dir.glob("events.out.tfevents.*")) else None
@@ -727,6 +737,8 @@ def open_run(args: Args, run_dir: Path, ckpt: Path | None, saved: dict | None, g
     if wandb:  # every scalar also goes to W&B at its environment step
         add_scalar = writer.add_scalar
         writer.add_scalar = lambda tag, value, step: (add_scalar(tag, value, step), wandb.log({tag: value}, step=step))
+    if saved is None:
+        atomic_write(run_dir / "args.json", lambda f: f.write(json.dumps(dataclasses.asdict(args), indent=2).encode()))
     if not sys.stderr.isatty():  # the progress bar: on a terminal only
         return writer, wandb, None
     rp, text = importlib.import_module("rich.progress"), importlib.import_module("rich.progress").TextColumn

@@ -131,6 +131,28 @@ def test_a_failing_wandb_log_costs_one_line_and_wandb_goes_on_offline_with_the_s
     assert before.id == after.id and max(before.rows) < 150 <= min(after.rows) and 300 in after.rows
 
 
+CTRL_C_IN_WANDB_INIT = """import sys, wandb
+def init(**kwargs):
+    raise KeyboardInterrupt
+wandb.init = init
+import sac_continuous as sac
+sys.argv[0] = sac.__file__
+sac.main()
+"""
+
+
+def test_failed_starts_leave_nothing_that_blocks_the_same_command(tmp_path):
+    """No API key online (an empty HOME: no ~/.netrc, no W&B settings): exit 2, one line with the fixes, nothing
+    written. Ctrl-C while W&B starts: exit 130. Then the same command, offline, runs."""
+    env = OFFLINE | {"WANDB_MODE": "online", "HOME": str(tmp_path / "home"), "NETRC": str(tmp_path / "none")}
+    flags = [*TRACK, "--total-timesteps", "100", "--eval-frequency", "0"]
+    line = error_line(run_script(tmp_path, *flags, env=env), "wandb login", "WANDB_API_KEY", "WANDB_MODE=offline")
+    assert "no W&B API key" in line and not (tmp_path / "runs").exists()
+    (tmp_path / "ctrl_c.py").write_text(CTRL_C_IN_WANDB_INIT)
+    assert run_script(tmp_path, *flags, env=OFFLINE, script=tmp_path / "ctrl_c.py").code == 130
+    ok(run_script(tmp_path, *flags, env=env | {"WANDB_MODE": "offline"}))
+
+
 def test_track_without_wandb_is_refused_in_one_line(tmp_path, monkeypatch):
     find_spec = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "wandb" else find_spec(name, *a))
