@@ -658,7 +658,11 @@ class StopSignals(list):  # SIGINT/SIGTERM: the first one's name is kept (the lo
 def wandb_key_found() -> bool:  # wandb's own lookup (WANDB_API_KEY, ~/.netrc, its settings), with no network
     import wandb
 
-    return wandb.setup().settings.mode in ("offline", "dryrun", "disabled") or wandb.login(verify=False, prompt=False)
+    try:
+        offline = wandb.setup().settings.mode in ("offline", "dryrun", "disabled")
+        return offline or wandb.login(verify=False, prompt=False)
+    except Exception as e:  # a malformed key or WANDB_* setting
+        raise Exit(f"--track: {' '.join(str(e).split())}") from None
 
 
 class WandbRun:

@@ -142,12 +142,13 @@ sac.main()
 
 
 def test_failed_starts_leave_nothing_that_blocks_the_same_command(tmp_path):
-    """No API key online (an empty HOME: no ~/.netrc, no W&B settings): exit 2, one line with the fixes, nothing
+    """No API key online (an empty HOME: no ~/.netrc, no W&B settings), or a malformed one: exit 2, one line, nothing
     written. Ctrl-C while W&B starts: exit 130. Then the same command, offline, runs."""
     env = OFFLINE | {"WANDB_MODE": "online", "HOME": str(tmp_path / "home"), "NETRC": str(tmp_path / "none")}
     flags = [*TRACK, "--total-timesteps", "100", "--eval-frequency", "0"]
     line = error_line(run_script(tmp_path, *flags, env=env), "wandb login", "WANDB_API_KEY", "WANDB_MODE=offline")
     assert "no W&B API key" in line and not (tmp_path / "runs").exists()
+    error_line(run_script(tmp_path, *flags, env=env | {"WANDB_API_KEY": "abc"}), "WANDB_API_KEY invalid")  # malformed
     (tmp_path / "ctrl_c.py").write_text(CTRL_C_IN_WANDB_INIT)
     assert run_script(tmp_path, *flags, env=OFFLINE, script=tmp_path / "ctrl_c.py").code == 130
     ok(run_script(tmp_path, *flags, env=env | {"WANDB_MODE": "offline"}))
