@@ -48,7 +48,6 @@ ENV PATH=/opt/venv/bin:$PATH \
     USER=sac \
     MPLCONFIGDIR=/tmp/matplotlib \
     TORCHINDUCTOR_CACHE_DIR=/tmp/torchinductor \
-    WANDB_DIR=/tmp/wandb \
     WANDB_CACHE_DIR=/tmp/wandb-cache \
     WANDB_CONFIG_DIR=/tmp/wandb-config \
     SAC_COMMAND='docker run --rm --user "$(id -u):$(id -g)" -v "$PWD/runs:/app/runs" sac' \

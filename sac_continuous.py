@@ -136,6 +136,8 @@ def check_args(args: Args) -> torch.device:  # refuses unusable flags before any
         raise Exit("--resume and --eval-checkpoint exclude each other; pass one of them")
     if args.track and importlib.util.find_spec("wandb") is None:
         raise Exit("--track needs Weights & Biases: pip install wandb")
+    if args.track and not wandb_key_found():
+        raise Exit("--track: no W&B API key found; run `wandb login`, set WANDB_API_KEY, or set WANDB_MODE=offline")
     available = {"cuda": torch.cuda.is_available(), "mps": torch.backends.mps.is_available()}
     try:
         device = torch.device(("cuda" if available["cuda"] else "cpu") if args.device == "auto" else args.device)
@@ -695,6 +697,7 @@ def restore(saved: dict, ckpt: Path, agent: SAC, rb: ReplayBuffer, envs: gym.vec
 # Arguments that define the run: on --resume they come from the checkpoint (other non-default values are refused)
 RUN_DEFINING = ("env_id", "num_envs", "buffer_size", "gamma", "tau", "batch_size", "learning_starts")
 RUN_DEFINING += ("policy_lr", "q_lr", "policy_frequency", "target_network_frequency", "alpha", "autotune", "seed")
+FAILED_START = ("events.out.tfevents.", "wandb_run_id")  # what a start that fails before args.json may leave
 
 
 def prepare_run(args: Args) -> tuple[Args, Path, Path | None, dict | None]:
@@ -708,8 +711,10 @@ def prepare_run(args: Args) -> tuple[Args, Path, Path | None, dict | None]:
         name = args.run_name or f"{args.env_id}__{args.exp_name}__{args.seed}__{int(time.time())}"
         run_dir = Path(args.output_dir, name)
         ckpt = find_checkpoint(run_dir) if args.resume == "auto" and run_dir.exists() else None
-        # --resume auto with no checkpoint yet (e.g. killed before the first one) starts the run afresh
-        if ckpt is None and args.resume != "auto" and run_dir.exists() and any(run_dir.iterdir()):
+        # --resume auto with no checkpoint yet (e.g. killed before the first one) starts the run afresh; the same
+        # command goes on after a start that failed before training (it left no args.json)
+        started = [p for p in run_dir.iterdir() if not p.name.startswith(FAILED_START)] if run_dir.is_dir() else []
+        if ckpt is None and args.resume != "auto" and started:
             raise Exit(f"run directory {run_dir} already holds a run; add --resume auto, or choose another --run-name")
     if ckpt is None:
         return args, run_dir, None, None
@@ -745,8 +750,77 @@ class StopSignals(list):  # SIGINT/SIGTERM: the first one's name is kept (the lo
         print(f"\n{self[0]}: finishing this step, writing a checkpoint (again: quit at once)", file=sys.stderr)
 
 
+def wandb_key_found() -> bool:  # wandb's own lookup (WANDB_API_KEY, ~/.netrc, its settings), with no network
+    import wandb
+
+    try:
+        offline = wandb.setup().settings.mode in ("offline", "dryrun", "disabled")
+        return offline or wandb.login(verify=False, prompt=False)
+    except Exception as e:  # a malformed key or WANDB_* setting
+        raise Exit(f"--track: {' '.join(str(e).split())}") from None
+
+
+class WandbRun:
+    """W&B beside TensorBoard, each scalar at its environment step. It continues the run whose id wandb_run_id keeps
+    (resume="allow", no rewind) and skips the steps W&B already holds: a resumed online run's starting_step is W&B's
+    last step + 1, and exact resume logs the same values again. A failure of W&B (at init or a log: unreachable server,
+    timeout) prints one line and W&B goes on offline with the same run id, for `wandb sync`; training never stops."""
+
+    def __init__(self, args: Args, run_dir: Path):
+        import wandb
+
+        self.wandb, self.Video = wandb, wandb.Video
+        self.id_file, self.run = run_dir / "wandb_run_id", None
+        self.run_id = self.id_file.read_text().strip() if self.id_file.is_file() else os.urandom(6).hex()  # a new run
+        where = None if os.environ.get("WANDB_DIR") else run_dir.parent  # $WANDB_DIR/wandb, else <output-dir>/wandb
+        self.init = dict(project=args.wandb_project_name, entity=args.wandb_entity, name=run_dir.name, dir=where)
+        self.init |= dict(config=dataclasses.asdict(args), save_code=True, resume="allow")
+        self.open(mode=None)  # WANDB_MODE's
+
+    def open(self, mode: str | None) -> None:
+        self.mode = mode
+        try:
+            self.run = self.wandb.init(**self.init, id=self.run_id, mode=mode)
+        except Exception as e:
+            self.fail("init", e)
+            return
+        atomic_write(self.id_file, lambda f: f.write(self.run.id.encode()))
+        self.first = self.run.starting_step
+
+    def fail(self, what: str, e: Exception) -> None:  # one line; W&B goes on offline, or stops if it was offline
+        self.run = None
+        with contextlib.suppress(Exception):
+            self.wandb.teardown()  # the failed run's service, which holds its run id
+        line = f"warning: W&B {what} failed ({(str(e).splitlines() or [type(e).__name__])[0]}); "
+        if self.mode == "offline":
+            print(line + "W&B stops here, TensorBoard goes on", file=sys.stderr)
+            return
+        self.open(mode="offline")
+        if self.run:
+            sync = f"wandb sync {self.run.settings.sync_dir}"
+            print(line + f"W&B goes on offline with the same run id; send it later with: {sync}", file=sys.stderr)
+
+    def log(self, data: dict, step: int) -> None:
+        if self.run is None or step < self.first:
+            return
+        try:
+            self.run.log(data, step=step)
+        except Exception as e:
+            self.fail("log", e)
+            self.log(data, step)
+
+    def finish(self) -> None:
+        if self.run is None:
+            return
+        try:
+            self.run.finish()
+        except Exception as e:
+            print(f"warning: W&B finish failed ({(str(e).splitlines() or [type(e).__name__])[0]})", file=sys.stderr)
+
+
 def open_run(args: Args, run_dir: Path, ckpt: Path | None, saved: dict | None, global_step: int):
-    """Run dir, args.json, W&B, TensorBoard (on resume both drop what was logged after the checkpoint), progress bar."""
+    """Run dir, TensorBoard (on resume it drops what was logged after the checkpoint), W&B, then args.json (a start that
+    fails before it leaves what the same command accepts), progress bar."""
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
     except OSError as e:
@@ -759,22 +833,16 @@ def open_run(args: Args, run_dir: Path, ckpt: Path | None, saved: dict | None, g
         raise Exit(f"{text}; choose a writable --output-dir{docker or ''}") from None
     print(f"run: {run_dir}" + (f" (resumed at step {global_step} from {ckpt.name})" if ckpt else ""), file=sys.stderr)
     clear_leftovers(run_dir, keep=ckpt)
-    if saved is None:
-        atomic_write(run_dir / "args.json", lambda f: f.write(json.dumps(dataclasses.asdict(args), indent=2).encode()))
     hook = threading.excepthook  # the writer thread's failed write: the writer re-raises it, reported in one line
     threading.excepthook = lambda a: type(a.thread).__name__ == "_AsyncWriterThread" or hook(a)
     purge_step = global_step + 1 if saved else 0 if any(run_dir.glob("events.out.tfevents.*")) else None
     writer = importlib.import_module("torch.utils.tensorboard").SummaryWriter(str(run_dir), purge_step=purge_step)
-    wandb = importlib.import_module("wandb") if args.track else None
-    if wandb:  # every scalar also goes to W&B at its environment step, so a rerun rewinds W&B to its checkpoint exactly
-        id_file = run_dir / "wandb_run_id"
-        run_id = id_file.read_text().strip() if id_file.is_file() else None
-        init = dict(project=args.wandb_project_name, entity=args.wandb_entity, name=run_dir.name, dir=run_dir.parent)
-        init |= dict(resume_from=run_id and f"{run_id}?_step={global_step}", config=dataclasses.asdict(args))
-        run = wandb.init(**init, save_code=True)
-        atomic_write(id_file, lambda f: f.write(run.id.encode()))
+    wandb = WandbRun(args, run_dir) if args.track else None
+    if wandb:  # every scalar also goes to W&B at its environment step
         add_scalar = writer.add_scalar
         writer.add_scalar = lambda tag, value, step: (add_scalar(tag, value, step), wandb.log({tag: value}, step=step))
+    if saved is None:
+        atomic_write(run_dir / "args.json", lambda f: f.write(json.dumps(dataclasses.asdict(args), indent=2).encode()))
     if not sys.stderr.isatty():  # the progress bar: on a terminal only
         return writer, wandb, None
     rp, text = importlib.import_module("rich.progress"), importlib.import_module("rich.progress").TextColumn

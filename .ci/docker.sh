@@ -174,7 +174,7 @@ log "image runs as uid $uid by default and contains benchmark/"
 USER_ID=4242:4242
 sac_command=$(run_container --user "$USER_ID" --entrypoint python "$IMAGE" -c '
 import getpass, os, pathlib
-for var in ["HOME", "MPLCONFIGDIR", "TORCHINDUCTOR_CACHE_DIR", "WANDB_DIR", "WANDB_CACHE_DIR", "WANDB_CONFIG_DIR"]:
+for var in ["HOME", "MPLCONFIGDIR", "TORCHINDUCTOR_CACHE_DIR", "WANDB_CACHE_DIR", "WANDB_CONFIG_DIR"]:
     path = pathlib.Path(os.environ[var], "probe")
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("ok")
@@ -202,7 +202,8 @@ for f in args.json model.pt checkpoints/latest; do
 done
 ls "$runs"/smoke/events.out.tfevents.* >/dev/null 2>&1 || fail "no TensorBoard events in the mounted runs/smoke"
 if [ ${#track[@]} -gt 0 ]; then
-    [ -n "$(find "$runs/smoke" -path '*wandb*' -print -quit)" ] || fail "--track left no wandb files in runs/smoke"
+    [ -s "$runs/smoke/wandb_run_id" ] && [ -n "$(find "$runs/wandb" -name '*.wandb' -print -quit 2>/dev/null)" ] \
+        || fail "--track left no wandb_run_id in runs/smoke or no W&B run in runs/wandb"
 fi
 others=$(find "$runs" ! -uid "${USER_ID%:*}" -o ! -gid "${USER_ID#*:}" | head -3)
 [ -z "$others" ] || fail "not owned by $USER_ID: $others"
