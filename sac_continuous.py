@@ -69,7 +69,7 @@ class Args:
     log_frequency: int = 100  # write loss scalars to TensorBoard every N gradient updates
     track: bool = False  # also log to Weights & Biases (pip install wandb); --resume continues the same W&B run
     wandb_project_name: str = "sac_continuous"  # the W&B project
-    wandb_entity: str | None = None  # the W&B team or user (default: your default entity)
+    wandb_entity: str | None = None  # the W&B team or user; None: your default entity
     compile: bool = False  # torch.compile the critic and actor losses: a speed option for GPUs, the same algorithm
     cudagraphs: bool = False  # CUDA: replay updates as CUDA graphs (the same algorithm; exact resume not guaranteed)
 

@@ -40,6 +40,8 @@ def test_help_documents_every_flag(tmp_path):
         assert f"--{flag} " in text or f"--{flag}," in text, flag
     for words in ("the id of a gymnasium environment", "target smoothing coefficient", "Exit codes"):
         assert words in text, words
+    for entry in re.split(r" (?=--[a-z])", text):  # tyro appends each default: a comment must not give another
+        assert entry.count("(default:") <= 1, entry
 
 
 def test_a_valid_run_names_its_directory_first(tmp_path):
