@@ -33,13 +33,14 @@ import tyro
 os.environ.setdefault("MKL_CBWR", "AUTO,STRICT")
 os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
 
+DEFAULT_ENV_ID = "Humanoid-v5"  # trained when --env-id is not given
 EXIT_BAD_INPUT, EXIT_DIVERGED, EXIT_IO_ERROR, EXIT_INTERRUPTED, EXIT_ABORTED = 2, 3, 74, 75, 130  # see above
 
 
 # --- Args -----------------------------------------------------------------------------------------
 @dataclasses.dataclass
 class Args:
-    env_id: str = "Humanoid-v5"  # the id of a gymnasium environment with a Box action space
+    env_id: str = ""  # the id of a gymnasium environment with a Box action space; empty: Humanoid-v5, or the model's
     total_timesteps: int = 1_000_000  # environment steps to train for, over all envs (on --resume, the new total)
     seed: int = 1  # seed of python, numpy, torch, the environments and the replay buffer
     torch_deterministic: bool = True  # make cuDNN deterministic (`torch.backends.cudnn.deterministic`)
@@ -62,7 +63,7 @@ class Args:
     capture_video: bool = False  # record the first episode of each evaluation to videos/ as MP4
     checkpoint_frequency: int = 50_000  # resumable checkpoint every N steps and at the end (0: only on a signal)
     resume: str = ""  # continue from a checkpoint: a run dir, a checkpoint dir, or 'auto' (this --run-name's latest)
-    eval_checkpoint: str = ""  # evaluate this model.pt (or best_model.pt) and exit, without training
+    eval_checkpoint: str = ""  # evaluate this model.pt (or best_model.pt) on its env and exit, without training
     exp_name: str = "sac"  # the experiment's name, part of the default --run-name
     run_name: str = ""  # the run directory under --output-dir; empty: <env-id>__<exp-name>__<seed>__<unix time>
     output_dir: str = "runs"  # where run directories are created
@@ -724,7 +725,10 @@ def train(args: Args) -> int:
     device = check_args(args)
     if device.type == "cpu" and not torch.backends.mkl.is_available():  # e.g. ARM, Apple: no thread-exact mode
         print("note: torch has no MKL here; a run gives the same bits only at the same --num-threads", file=sys.stderr)
+    if not args.resume:  # no --env-id: Humanoid-v5; a resume takes the checkpoint's
+        args = dataclasses.replace(args, env_id=args.env_id or DEFAULT_ENV_ID)
     args, run_dir, ckpt, saved = prepare_run(args)
+    args = dataclasses.replace(args, env_id=args.env_id or DEFAULT_ENV_ID)  # --resume auto with no checkpoint yet
     check_rendering(args.env_id, args.capture_video)
     # SAME_STEP autoreset: an episode's last step returns the reset observation, the real last one in infos["final_obs"]
     make = [lambda: gym.wrappers.RecordEpisodeStatistics(make_env(args.env_id))] * args.num_envs
@@ -817,10 +821,11 @@ def train(args: Args) -> int:
 
 def eval_only(args: Args) -> int:
     device, path = check_args(args), Path(args.eval_checkpoint)
-    check_rendering(args.env_id, args.capture_video)
     data = torch_load(path, "model file", MODEL_FORMAT)
-    if data["env_id"] != args.env_id:
-        raise Exit(f"{path} was trained on {data['env_id']}, not {args.env_id}; pass --env-id {data['env_id']}")
+    if args.env_id and data["env_id"] != args.env_id:
+        raise Exit(f"{path} was trained on {data['env_id']}, not {args.env_id}; drop --env-id")
+    args = dataclasses.replace(args, env_id=data["env_id"])
+    check_rendering(args.env_id, args.capture_video)
     with make_env(args.env_id) as env:
         low, high, obs_dim = env.action_space.low, env.action_space.high, env.observation_space.shape[0]
     actor = Actor(obs_dim, low, high).to(device)

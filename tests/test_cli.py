@@ -58,6 +58,11 @@ def hopper_model(tmp_path_factory):
     return cwd / "out" / "r" / "model.pt"
 
 
+def test_eval_checkpoint_takes_the_env_from_the_model_file(tmp_path, hopper_model):
+    res = ok(main_in(tmp_path, "--eval-checkpoint", hopper_model, "--eval-episodes", "1"))
+    assert res.out.startswith(f"Hopper-v5 {hopper_model}: mean return"), res.out
+
+
 def prepare(root, hopper_model, case: str) -> None:
     (root / "models").mkdir()
     for name in ("models/model.pt", "models/best_model.pt", "hopper.pt"):
