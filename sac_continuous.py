@@ -645,7 +645,9 @@ def resume_command(args: Args, run_dir: Path) -> str:
 # --- The training loop ----------------------------------------------------------------------------
 class StopSignals(list):  # SIGINT/SIGTERM: the first one's name is kept (the loop checkpoints, exits 75); again: 130
     def __call__(self, signum, frame):
-        if self:
+        if self:  # at once: no clean-up runs, so the progress bar's hidden cursor is shown here
+            if os.isatty(2):
+                os.write(2, b"\n\x1b[?25h")
             os._exit(EXIT_ABORTED)
         self.append(signal.Signals(signum).name)
         print(f"\n{self[0]}: finishing this step, writing a checkpoint (again: quit at once)", file=sys.stderr)
