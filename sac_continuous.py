@@ -683,8 +683,10 @@ def open_run(args: Args, run_dir: Path, ckpt: Path | None, saved: dict | None, g
     rp, text = importlib.import_module("rich.progress"), importlib.import_module("rich.progress").TextColumn
     columns = [text("{task.description}"), rp.BarColumn(), rp.MofNCompleteColumn(), text("{task.fields[info]}  ETA")]
     bar = rp.Progress(*columns, rp.TimeRemainingColumn(), console=rp.Console(stderr=True))
-    phase = "SAC: training" if global_step >= args.learning_starts else f"SAC: random until {args.learning_starts:,}"
-    bar.add_task(phase, total=args.total_timesteps, completed=global_step, info="")
+    random_phase = global_step < args.learning_starts  # a bar of its own (its steps, its ETA); train() starts the next
+    total = min(args.learning_starts, args.total_timesteps) if random_phase else args.total_timesteps
+    phase = "SAC: random actions" if random_phase else "SAC: training"
+    bar.add_task(phase, total=total, completed=global_step, info="")
     bar.start()
     return writer, wandb, bar
 
@@ -755,6 +757,7 @@ def train(args: Args) -> int:
     try:
         writer, wandb, bar = open_run(args, run_dir, ckpt, saved, global_step)
         start_step, start_time = global_step, time.time()
+        mark = (global_step, start_time)  # the bar's SPS counts from here: the last loss log, or when learning started
         while global_step < args.total_timesteps:
             # ALGO LOGIC: act (random until learning starts), step the envs, store s' (the real final obs at an end)
             actions = envs.action_space.sample() if global_step < args.learning_starts else agent.act(obs)
@@ -788,9 +791,12 @@ def train(args: Args) -> int:
             if logging:
                 for k, v in (stats | {"alpha": agent.alpha}).items():
                     writer.add_scalar(f"losses/{k}", v.item(), global_step)
-                sps = int((global_step - start_step) / (time.time() - start_time))
+                now = time.time()
+                sps = int((global_step - start_step) / (now - start_time))  # CleanRL's: since this process started
                 writer.add_scalar("charts/SPS", sps, global_step)
-                info = f"{sps} SPS" + ("" if math.isnan(last_return) else f", return {last_return:.1f}")
+                recent = (global_step - mark[0]) / (now - mark[1])  # the bar's: since the last log
+                mark = (global_step, now)
+                info = f"{recent:.0f} SPS" + ("" if math.isnan(last_return) else f", return {last_return:.1f}")
                 choose_threads(args)
             if evaluating:
                 best_eval = evaluate_and_save(agent, args, run_dir, global_step, best_eval, writer, wandb)
@@ -798,9 +804,11 @@ def train(args: Args) -> int:
                 writer.flush()  # the events up to this step reach the disk before the checkpoint that follows them
                 state = checkpoint_state(args, agent, envs, obs, global_step, best_eval, last_return)
                 path = save_checkpoint(run_dir, state, rb)
-            if bar:  # restarted when learning starts, so that the ETA is the training rate
-                if prev_step < args.learning_starts <= global_step:
+            if prev_step < args.learning_starts <= global_step:  # the training phase: its own bar, ETA and rate
+                mark = (global_step, time.time())
+                if bar:
                     bar.reset(0, total=args.total_timesteps, completed=global_step, description="SAC: training")
+            if bar:
                 bar.update(0, completed=global_step, info=info)
             if stopping:
                 text = f"stopped by {caught[0]} at step {global_step}; checkpoint {path}. Resume with: "
