@@ -68,6 +68,17 @@ def test_eval_checkpoint_takes_the_env_from_the_model_file(tmp_path, hopper_mode
     assert res.out.startswith(f"Hopper-v5 {hopper_model}: mean return"), res.out
 
 
+def test_readme_policy_snippet_loads_a_model_and_acts(tmp_path, monkeypatch, hopper_model):
+    """README's lines that load model.pt and act with it, run as they are on a freshly trained model."""
+    blocks = re.findall(r"```python\n(.*?)```", (SCRIPT.parent / "README.md").read_text(), re.DOTALL)
+    (code,) = [b for b in blocks if "from sac_continuous import Actor" in b]
+    (tmp_path / "runs" / "NAME").mkdir(parents=True)
+    (tmp_path / "runs" / "NAME" / "model.pt").write_bytes(hopper_model.read_bytes())
+    monkeypatch.chdir(tmp_path)
+    exec(code, names := {})
+    assert names["action"].shape == (3,) and names["env"].action_space.contains(names["action"])
+
+
 def prepare(root, hopper_model, case: str) -> None:
     (root / "models").mkdir()
     for name in ("models/model.pt", "models/best_model.pt", "hopper.pt"):
