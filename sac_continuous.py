@@ -9,6 +9,7 @@ import dataclasses
 import importlib.util
 import io
 import json
+import logging
 import math
 import os
 import pickle
@@ -126,11 +127,17 @@ def check_args(args: Args) -> torch.device:  # refuses unusable flags before any
 # --- Environments ---------------------------------------------------------------------------------
 def make_env(env_id: str, render_mode: str | None = None) -> gym.Env:
     try:
+        if env_id.startswith("dm_control/"):  # the DeepMind Control Suite: shimmy registers its tasks when imported
+            warnings.filterwarnings("ignore", module="glfw")  # no display: dm_control renders headless if asked
+            logging.getLogger("absl").setLevel(logging.ERROR)  # dm_control's notes on deprecated MJCF, at every make
+            import shimmy  # noqa: F401
         env = gym.make(env_id, render_mode=render_mode)
     except gym.error.Error as e:  # NameNotFound, VersionNotFound, DeprecatedEnv, missing extras...
         raise Exit(f"cannot make environment '{env_id}': {str(e).rstrip('.')}; check --env-id") from None
     except ImportError as e:
         raise Exit(f"environment '{env_id}' needs a missing package ({e}); install it") from None
+    if isinstance(env.observation_space, gym.spaces.Dict):  # e.g. dm_control's: its parts as one vector
+        env = gym.wrappers.FlattenObservation(env)
     space, obs_space = env.action_space, env.observation_space
     if not isinstance(space, gym.spaces.Box):
         raise Exit(f"'{env_id}' has a {type(space).__name__} action space; SAC here needs a continuous (Box) one")
@@ -518,8 +525,17 @@ class MjDataUnpickler(pickle.Unpickler):
         return importlib.import_module("mujoco").MjData
 
 
-def env_layers(env: gym.Env) -> list:
-    return [env] + (env_layers(env.env) if isinstance(env, gym.Wrapper) else [])
+def env_layers(env: gym.Env) -> list:  # the wrappers down to the env, and the dm_control env in shimmy's adapter
+    if isinstance(env, gym.Wrapper):
+        return [env] + env_layers(env.env)
+    return [env] + ([vars(env)["_env"]] if hasattr(env, "physics") and "_env" in vars(env) else [])
+
+
+def mujoco_parts(env: gym.Env) -> tuple:  # MuJoCo's (MjModel, MjData) of a gymnasium env, or of dm_control's Physics
+    base = env.unwrapped
+    if hasattr(base, "physics"):
+        return base.physics.model.ptr, base.physics.data.ptr
+    return getattr(base, "model", None), getattr(base, "data", None)
 
 
 def get_env_state(env: gym.Env) -> dict:
@@ -530,8 +546,13 @@ def get_env_state(env: gym.Env) -> dict:
         attrs |= {k: v.item() for k, v in vars(layer).items() if isinstance(v, np.generic)}  # np.float64 is a float
         attrs |= {k: torch.from_numpy(v.copy()) for k, v in vars(layer).items() if isinstance(v, np.ndarray)}
         layers.append(attrs)
-    state = {"layers": layers, "np_random": env.unwrapped.np_random.bit_generator.state}
-    mjdata = getattr(env.unwrapped, "data", None)
+    rng = env.unwrapped.np_random
+    if isinstance(rng, np.random.RandomState):  # dm_control's legacy generator: its whole state, the key as a tensor
+        name, key, *rest = rng.get_state()
+        state = {"layers": layers, "legacy_np_random": [name, torch.from_numpy(key.astype(np.int64)), *rest]}
+    else:
+        state = {"layers": layers, "np_random": rng.bit_generator.state}
+    mjdata = mujoco_parts(env)[1]
     return state | ({"mjdata": pickle.dumps(mjdata)} if type(mjdata).__name__ == "MjData" else {})
 
 
@@ -544,10 +565,14 @@ def set_env_state(env: gym.Env, state: dict) -> None:
                 current[...] = v.numpy()  # in place: the array may be shared (e.g. a view into MjData)
             else:
                 setattr(layer, k, v.numpy().copy() if isinstance(v, torch.Tensor) else v)
-    base.np_random.bit_generator.state = state["np_random"]
+    if "legacy_np_random" in state:
+        name, key, *rest = state["legacy_np_random"]
+        base.np_random.set_state((name, key.numpy().astype(np.uint32), *rest))
+    else:
+        base.np_random.bit_generator.state = state["np_random"]
     if "mjdata" in state:
-        saved = MjDataUnpickler(io.BytesIO(state["mjdata"])).load()
-        importlib.import_module("mujoco").mj_copyData(base.data, base.model, saved)
+        model, data = mujoco_parts(env)
+        importlib.import_module("mujoco").mj_copyData(data, model, MjDataUnpickler(io.BytesIO(state["mjdata"])).load())
 
 
 def checkpoint_state(args, agent: SAC, envs, obs, global_step: int, best_eval: float, last_return: float) -> dict:
