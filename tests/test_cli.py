@@ -18,6 +18,8 @@ import pytest
 import torch
 from conftest import SCRIPT, error_line, main_in, ok, run_script, tree
 
+README = SCRIPT.parent / "README.md"
+
 # a complete, tiny Pendulum-v1 run: each bad case changes one thing in it
 FAST = {"--env-id": "Pendulum-v1", "--total-timesteps": 50, "--learning-starts": 10, "--batch-size": 8}
 FAST |= {"--buffer-size": 100, "--eval-episodes": 1, "--checkpoint-frequency": 0, "--device": "cpu"}
@@ -70,7 +72,7 @@ def test_eval_checkpoint_takes_the_env_from_the_model_file(tmp_path, hopper_mode
 
 def test_readme_policy_snippet_loads_a_model_and_acts(tmp_path, monkeypatch, hopper_model):
     """README's lines that load model.pt and act with it, run as they are on a freshly trained model."""
-    blocks = re.findall(r"```python\n(.*?)```", (SCRIPT.parent / "README.md").read_text(), re.DOTALL)
+    blocks = re.findall(r"```python\n(.*?)```", README.read_text(), re.DOTALL)
     (code,) = [b for b in blocks if "from sac_continuous import Actor" in b]
     (tmp_path / "runs" / "NAME").mkdir(parents=True)
     (tmp_path / "runs" / "NAME" / "model.pt").write_bytes(hopper_model.read_bytes())
@@ -138,6 +140,25 @@ def test_bad_input_is_refused_in_one_line_and_nothing_is_written(tmp_path, monke
     before = tree(tmp_path)
     error_line(main_in(tmp_path, *flags(**changes)), *words)
     assert tree(tmp_path) == before
+
+
+@pytest.mark.parametrize("gpu", [False, True], ids=["cpu", "gpu"])
+def test_the_image_gives_the_script_readmes_docker_line_for_its_commands(tmp_path, gpu):
+    """The image's entrypoint with the Dockerfile's SAC_COMMAND, the script replaced by one that prints it: README's
+    CPU line, or its GPU line (--gpus all) where the NVIDIA toolkit put nvidia-smi into the container."""
+    (tmp_path / "bin").mkdir()
+    (tmp_path / "bin" / "python").write_text('#!/bin/sh\necho "$SAC_COMMAND"\n')
+    if gpu:
+        (tmp_path / "bin" / "nvidia-smi").write_text("#!/bin/sh\n")
+    for program in (tmp_path / "bin").iterdir():
+        program.chmod(0o755)
+    dockerfile = (SCRIPT.parent / "Dockerfile").read_text()
+    assert 'ENTRYPOINT ["/bin/sh", "/app/entrypoint.sh"]' in dockerfile and "docker/entrypoint.sh ./" in dockerfile
+    command = re.search(r"SAC_COMMAND='([^']*)'", dockerfile)[1]
+    env = {**os.environ, "PATH": f"{tmp_path / 'bin'}:{os.environ['PATH']}", "SAC_COMMAND": command}
+    res = subprocess.run(["sh", SCRIPT.parent / "docker" / "entrypoint.sh"], env=env, capture_output=True, text=True)
+    line = "docker run --rm --gpus all --user" if gpu else "docker run --rm --user"
+    assert res.stdout.startswith(line) and f"{res.stdout.strip()} --env-id Humanoid-v5" in README.read_text()
 
 
 def test_a_bad_pickle_header_is_one_line_in_a_real_process(tmp_path):
