@@ -856,11 +856,14 @@ def train(args: Args) -> int:
 
 def eval_only(args: Args) -> int:
     device, path = check_args(args), Path(args.eval_checkpoint)
+    if args.env_id:  # given: checked before the model file is read
+        check_rendering(args.env_id, args.capture_video)
     data = torch_load(path, "model file", MODEL_FORMAT)
     if args.env_id and data["env_id"] != args.env_id:
         raise Exit(f"{path} was trained on {data['env_id']}, not {args.env_id}; drop --env-id")
-    args = dataclasses.replace(args, env_id=data["env_id"])
-    check_rendering(args.env_id, args.capture_video)
+    if not args.env_id:  # the model's
+        args = dataclasses.replace(args, env_id=data["env_id"])
+        check_rendering(args.env_id, args.capture_video)
     with make_env(args.env_id) as env:
         low, high, obs_dim = env.action_space.low, env.action_space.high, env.observation_space.shape[0]
     actor = Actor(obs_dim, low, high).to(device)
