@@ -39,7 +39,8 @@ RUN python3 -m venv /opt/venv \
 FROM base
 # Runs as whatever uid `docker run --user` gives, usually one with no passwd entry (so HOME would be "/"):
 # HOME and every cache go to /tmp, and getpass.getuser() (torch's caches use it) reads $USER first.
-# SAC_COMMAND: the script starts its resume and --output-dir advice with it, as README's CPU line.
+# SAC_COMMAND: the script starts its resume and --output-dir advice with it, as README's CPU line
+# (entrypoint.sh adds --gpus all when the container has a GPU: README's GPU line).
 # graphics: the NVIDIA container toolkit then mounts the driver's EGL library too (--capture-video on GPU).
 # No OMP_NUM_THREADS: the script picks its thread count as it does outside the container.
 ENV PATH=/opt/venv/bin:$PATH \
@@ -57,9 +58,9 @@ RUN mkdir -p /app/runs && chmod 1777 /app/runs
 COPY --from=build /opt/venv /opt/venv
 WORKDIR /app
 # the code last, so that editing it rebuilds only these layers
-COPY sac_continuous.py ./
+COPY sac_continuous.py docker/entrypoint.sh ./
 COPY benchmark/ benchmark/
 # the default without --user; numeric, so that a runtime can tell it is not root
 USER 1000:1000
 VOLUME ["/app/runs"]
-ENTRYPOINT ["python", "sac_continuous.py"]
+ENTRYPOINT ["/bin/sh", "/app/entrypoint.sh"]

@@ -10,6 +10,7 @@ import dataclasses
 import importlib.util
 import io
 import json
+import logging
 import math
 import os
 import pickle
@@ -63,12 +64,13 @@ EXIT_DIVERGED = 3
 EXIT_IO_ERROR = 74
 EXIT_INTERRUPTED = 75
 EXIT_ABORTED = 130
+DEFAULT_ENV_ID = "Humanoid-v5"  # trained when --env-id is not given
 
 
 # --- Args -----------------------------------------------------------------------------------------
 @dataclasses.dataclass
 class Args:
-    env_id: str = "Humanoid-v5"  # the id of a gymnasium environment with a Box action space
+    env_id: str = ""  # the id of a gymnasium environment with a Box action space; empty: Humanoid-v5, or the model's
     total_timesteps: int = 1_000_000  # environment steps to train for, over all envs (on --resume, the new total)
     seed: int = 1  # in [0, 2**32): seed of python, numpy, torch, the environments and the replay buffer
     torch_deterministic: bool = True  # make cuDNN deterministic (`torch.backends.cudnn.deterministic`)
@@ -91,14 +93,14 @@ class Args:
     capture_video: bool = False  # record the first episode of each evaluation to videos/ as MP4
     checkpoint_frequency: int = 50_000  # resumable checkpoint every N steps and at the end (0: only on a signal)
     resume: str = ""  # continue from a checkpoint: a run dir, a checkpoint dir, or 'auto' (this --run-name's latest)
-    eval_checkpoint: str = ""  # evaluate this model.pt (or best_model.pt) and exit, without training
+    eval_checkpoint: str = ""  # evaluate this model.pt (or best_model.pt) on its env and exit, without training
     exp_name: str = "sac"  # the experiment's name, part of the default --run-name
     run_name: str = ""  # the run directory under --output-dir; empty: <env-id>__<exp-name>__<seed>__<unix time>
     output_dir: str = "runs"  # where run directories are created
     log_frequency: int = 100  # write loss scalars to TensorBoard every N gradient updates
     track: bool = False  # also log to Weights & Biases (pip install wandb); --resume continues the same W&B run
     wandb_project_name: str = "sac_continuous"  # the W&B project
-    wandb_entity: str | None = None  # the W&B team or user (default: your default entity)
+    wandb_entity: str | None = None  # the W&B team or user; None: your default entity
     compile: bool = False  # torch.compile the critic and actor losses: a speed option for GPUs, the same algorithm
     cudagraphs: bool = False  # CUDA: replay updates as CUDA graphs (the same algorithm; exact resume not guaranteed)
 
@@ -158,11 +160,17 @@ def check_args(args: Args) -> torch.device:  # refuses unusable flags before any
 # --- Environments ---------------------------------------------------------------------------------
 def make_env(env_id: str, render_mode: str | None = None) -> gym.Env:
     try:
+        if env_id.startswith("dm_control/"):  # the DeepMind Control Suite: shimmy registers its tasks when imported
+            warnings.filterwarnings("ignore", module="glfw")  # no display: dm_control renders headless if asked
+            logging.getLogger("absl").setLevel(logging.ERROR)  # dm_control's notes on deprecated MJCF, at every make
+            import shimmy  # noqa: F401
         env = gym.make(env_id, render_mode=render_mode)
     except gym.error.Error as e:  # NameNotFound, VersionNotFound, DeprecatedEnv, missing extras...
         raise Exit(f"cannot make environment '{env_id}': {str(e).rstrip('.')}; check --env-id") from None
     except ImportError as e:
         raise Exit(f"environment '{env_id}' needs a missing package ({e}); install it") from None
+    if isinstance(env.observation_space, gym.spaces.Dict):  # e.g. dm_control's: its parts as one vector
+        env = gym.wrappers.FlattenObservation(env)
     space, obs_space = env.action_space, env.observation_space
     if not isinstance(space, gym.spaces.Box):
         raise Exit(f"'{env_id}' has a {type(space).__name__} action space; SAC here needs a continuous (Box) one")
@@ -613,8 +621,17 @@ class MjDataUnpickler(pickle.Unpickler):
         return importlib.import_module("mujoco").MjData
 
 
-def env_layers(env: gym.Env) -> list:
-    return [env] + (env_layers(env.env) if isinstance(env, gym.Wrapper) else [])
+def env_layers(env: gym.Env) -> list:  # the wrappers down to the env, and the dm_control env in shimmy's adapter
+    if isinstance(env, gym.Wrapper):
+        return [env] + env_layers(env.env)
+    return [env] + ([vars(env)["_env"]] if hasattr(env, "physics") and "_env" in vars(env) else [])
+
+
+def mujoco_parts(env: gym.Env) -> tuple:  # MuJoCo's (MjModel, MjData) of a gymnasium env, or of dm_control's Physics
+    base = env.unwrapped
+    if hasattr(base, "physics"):
+        return base.physics.model.ptr, base.physics.data.ptr
+    return getattr(base, "model", None), getattr(base, "data", None)
 
 
 def get_env_state(env: gym.Env) -> dict:
@@ -625,8 +642,13 @@ def get_env_state(env: gym.Env) -> dict:
         attrs |= {k: v.item() for k, v in vars(layer).items() if isinstance(v, np.generic)}  # np.float64 is a float
         attrs |= {k: torch.from_numpy(v.copy()) for k, v in vars(layer).items() if isinstance(v, np.ndarray)}
         layers.append(attrs)
-    state = {"layers": layers, "np_random": env.unwrapped.np_random.bit_generator.state}
-    mjdata = getattr(env.unwrapped, "data", None)
+    rng = env.unwrapped.np_random
+    if isinstance(rng, np.random.RandomState):  # dm_control's legacy generator: its whole state, the key as a tensor
+        name, key, *rest = rng.get_state()
+        state = {"layers": layers, "legacy_np_random": [name, torch.from_numpy(key.astype(np.int64)), *rest]}
+    else:
+        state = {"layers": layers, "np_random": rng.bit_generator.state}
+    mjdata = mujoco_parts(env)[1]
     return state | ({"mjdata": pickle.dumps(mjdata)} if type(mjdata).__name__ == "MjData" else {})
 
 
@@ -639,10 +661,14 @@ def set_env_state(env: gym.Env, state: dict) -> None:
                 current[...] = v.numpy()  # in place: the array may be shared (e.g. a view into MjData)
             else:
                 setattr(layer, k, v.numpy().copy() if isinstance(v, torch.Tensor) else v)
-    base.np_random.bit_generator.state = state["np_random"]
+    if "legacy_np_random" in state:
+        name, key, *rest = state["legacy_np_random"]
+        base.np_random.set_state((name, key.numpy().astype(np.uint32), *rest))
+    else:
+        base.np_random.bit_generator.state = state["np_random"]
     if "mjdata" in state:
-        saved = MjDataUnpickler(io.BytesIO(state["mjdata"])).load()
-        importlib.import_module("mujoco").mj_copyData(base.data, base.model, saved)
+        model, data = mujoco_parts(env)
+        importlib.import_module("mujoco").mj_copyData(data, model, MjDataUnpickler(io.BytesIO(state["mjdata"])).load())
 
 
 def checkpoint_state(args, agent: SAC, envs, obs, global_step: int, best_eval: float, last_return: float) -> dict:
@@ -744,7 +770,9 @@ def resume_command(args: Args, run_dir: Path) -> str:
 # --- The training loop ----------------------------------------------------------------------------
 class StopSignals(list):  # SIGINT/SIGTERM: the first one's name is kept (the loop checkpoints, exits 75); again: 130
     def __call__(self, signum, frame):
-        if self:
+        if self:  # at once: no clean-up runs, so the progress bar's hidden cursor is shown here
+            if os.isatty(2):
+                os.write(2, b"\n\x1b[?25h")
             os._exit(EXIT_ABORTED)
         self.append(signal.Signals(signum).name)
         print(f"\n{self[0]}: finishing this step, writing a checkpoint (again: quit at once)", file=sys.stderr)
@@ -848,8 +876,10 @@ def open_run(args: Args, run_dir: Path, ckpt: Path | None, saved: dict | None, g
     rp, text = importlib.import_module("rich.progress"), importlib.import_module("rich.progress").TextColumn
     columns = [text("{task.description}"), rp.BarColumn(), rp.MofNCompleteColumn(), text("{task.fields[info]}  ETA")]
     bar = rp.Progress(*columns, rp.TimeRemainingColumn(), console=rp.Console(stderr=True))
-    phase = "SAC: training" if global_step >= args.learning_starts else f"SAC: random until {args.learning_starts:,}"
-    bar.add_task(phase, total=args.total_timesteps, completed=global_step, info="")
+    random_phase = global_step < args.learning_starts  # a bar of its own (its steps, its ETA); train() starts the next
+    total = min(args.learning_starts, args.total_timesteps) if random_phase else args.total_timesteps
+    phase = "SAC: random actions" if random_phase else "SAC: training"
+    bar.add_task(phase, total=total, completed=global_step, info="")
     bar.start()
     return writer, wandb, bar
 
@@ -907,7 +937,10 @@ def train(args: Args) -> int:
         print(
             "note: no thread-exact BLAS mode here (MKL, AVX2): same bits only at a fixed --num-threads", file=sys.stderr
         )
+    if not args.resume:  # no --env-id: Humanoid-v5; a resume takes the checkpoint's
+        args = dataclasses.replace(args, env_id=args.env_id or DEFAULT_ENV_ID)
     args, run_dir, ckpt, saved = prepare_run(args)
+    args = dataclasses.replace(args, env_id=args.env_id or DEFAULT_ENV_ID)  # --resume auto with no checkpoint yet
     check_rendering(args.env_id, args.capture_video)
     envs = make_envs(args)
     obs_dim, space = envs.single_observation_space.shape[0], envs.single_action_space
@@ -935,6 +968,7 @@ def train(args: Args) -> int:
     try:
         writer, wandb, bar = open_run(args, run_dir, ckpt, saved, global_step)
         start_step, start_time = global_step, time.time()
+        mark = (global_step, start_time)  # the bar's SPS counts from here: the last loss log, or when learning started
         while global_step < args.total_timesteps:
             # ALGO LOGIC: act (random until learning starts), step the envs, store s' (the real final obs at an end)
             actions = envs.action_space.sample() if global_step < args.learning_starts else agent.act(obs)
@@ -967,9 +1001,12 @@ def train(args: Args) -> int:
             if logging:
                 for k, v in (stats | {"alpha": agent.alpha}).items():
                     writer.add_scalar(f"losses/{k}", v.item(), global_step)
-                sps = int((global_step - start_step) / (time.time() - start_time))
+                now = time.time()
+                sps = int((global_step - start_step) / (now - start_time))  # CleanRL's: since this process started
                 writer.add_scalar("charts/SPS", sps, global_step)
-                info = f"{sps} SPS" + ("" if math.isnan(last_return) else f", return {last_return:.1f}")
+                recent = (global_step - mark[0]) / (now - mark[1])  # the bar's: since the last log
+                mark = (global_step, now)
+                info = f"{recent:.0f} SPS" + ("" if math.isnan(last_return) else f", return {last_return:.1f}")
                 choose_threads(args)
             if evaluating:
                 best_eval = evaluate_and_save(agent, args, run_dir, global_step, best_eval, writer, wandb)
@@ -977,9 +1014,11 @@ def train(args: Args) -> int:
                 writer.flush()  # the events up to this step reach the disk before the checkpoint that follows them
                 state = checkpoint_state(args, agent, envs, obs, global_step, best_eval, last_return)
                 path = save_checkpoint(run_dir, state, rb)
-            if bar:  # restarted when learning starts, so that the ETA is the training rate
-                if prev_step < args.learning_starts <= global_step:
+            if prev_step < args.learning_starts <= global_step:  # the training phase: its own bar, ETA and rate
+                mark = (global_step, time.time())
+                if bar:
                     bar.reset(0, total=args.total_timesteps, completed=global_step, description="SAC: training")
+            if bar:
                 bar.update(0, completed=global_step, info=info)
             if stopping:
                 text = f"stopped by {caught[0]} at step {global_step}; checkpoint {path}. Resume with: "
@@ -1001,10 +1040,14 @@ def train(args: Args) -> int:
 
 def eval_only(args: Args) -> int:
     device, path = check_args(args), Path(args.eval_checkpoint)
-    check_rendering(args.env_id, args.capture_video)
+    if args.env_id:  # given: checked before the model file is read
+        check_rendering(args.env_id, args.capture_video)
     data = torch_load(path, "model file", MODEL_FORMAT)
-    if data["env_id"] != args.env_id:
-        raise Exit(f"{path} was trained on {data['env_id']}, not {args.env_id}; pass --env-id {data['env_id']}")
+    if args.env_id and data["env_id"] != args.env_id:
+        raise Exit(f"{path} was trained on {data['env_id']}, not {args.env_id}; drop --env-id")
+    if not args.env_id:  # the model's
+        args = dataclasses.replace(args, env_id=data["env_id"])
+        check_rendering(args.env_id, args.capture_video)
     with make_env(args.env_id) as env:
         low, high, obs_dim = env.action_space.low, env.action_space.high, env.observation_space.shape[0]
     actor = Actor(obs_dim, low, high).to(device)

@@ -259,7 +259,8 @@ def env_section(env_id: str, runs: list[Run], references: list[dict], png: str, 
         top = f"{best(r)[1]:.1f} ({best(r)[0]:,})" if r.evals else "–"
         sps = f"{statistics.median(r.sps):.0f}" if r.sps else "–"
         wall = fmt_duration(sum(b - a for a, b in r.sessions))
-        out.append(f"| {r.seed} | {r.reached} | {final} | {top} | {sps} | {wall} ({len(r.sessions)}) |")
+        steps = r.reached + "; never left the random phase" * (r.last_step <= int(r.args.get("learning_starts", 0)))
+        out.append(f"| {r.seed} | {steps} | {final} | {top} | {sps} | {wall} ({len(r.sessions)}) |")
     out += ["", "A seed's ± is over its evaluation episodes. Wall time adds each process's first to last event.", ""]
     if refs := references_for(env_id, references):
         out += ["References (benchmark/references.csv; other versions are not the same task):", ""]

@@ -308,6 +308,13 @@ def main(argv: list[str] | None = None) -> int:
         specs, state = plan(args, configs, extras), {"runs": {}, "sessions": [], **report.runner_state(out)}
         if args.status:
             return print(summary(specs, out, state)) or 0
+        for spec in {s.env: s for s in specs}.values():  # a run that ends by learning-starts trains nothing
+            starts = int(dict(spec.flags).get("learning-starts") or 0)
+            if spec.target <= starts:
+                advice = "raise --total-timesteps or lower it (-- --learning-starts N)"
+                print(f"warning: {spec.env}: {spec.target:,} steps, learning-starts {starts:,}: the runs never "
+                      f"leave the random phase (no training, only the untrained actor evaluated); {advice}",
+                      file=sys.stderr)  # fmt: skip
         for spec in specs:
             state["runs"].setdefault(spec.name, {}).update(env=spec.env, seed=spec.seed, target=spec.target)
         return (run_slurm if args.slurm else run_local)(args, specs, out, state)

@@ -108,6 +108,7 @@ def test_report_writes_the_csv_the_plot_and_the_markdown_of_the_runs(tiny, tmp_p
         step, mean, std = r.evals[-1]
         assert f"| {r.seed} | 1,500 steps (complete) | {mean:.1f} ± {std:.1f} (1,500) |" in text
     assert "## Pendulum-v1" in text and "git commit" in text and "| cpu |" in text  # the runner's session
+    assert "random phase" not in text
     assert str(tiny["out"]) not in text and f"Runs: `{tiny['out'].name}`" in text  # no absolute path of this machine
     assert report.shown_path(Path.cwd() / "runs" / "b") == str(Path("runs/b"))
 
@@ -134,6 +135,7 @@ def test_ctrl_c_is_forwarded_once_so_every_run_checkpoints(tmp_path):
         step = report.checkpoint_step(out / f"Pendulum-v1__seed{seed}")
         assert step is not None and 1000 <= step < 1_000_000 and log.read_text().endswith(" exit 75\n")
         assert "stopped by SIGINT" in log.read_text() and f"reached {step:,} of 1,000,000 steps" in text
+        assert f"| {seed} | reached {step:,} of 1,000,000 steps; never left the random phase |" in text
         assert re.search(rf"seed{seed}\s+interrupted\s+{step:,}\s+1,000,000", output), output
 
 
@@ -232,6 +234,14 @@ def test_runner_refuses_flags_it_sets_itself_and_uses_the_notebook_settings(fake
         assert flag(env, "--batch-size") == "256" and flag(env, "--eval-frequency") == "10000"
         assert flag(env, "--q-lr") == "1e-3" and cmd.count("--q-lr") == 1 and "--autotune" not in cmd
         assert flag(env, "--resume") == "auto" and flag(env, "--run-name") == f"{env}__seed1"
+
+
+def test_a_total_within_the_random_phase_is_warned_about(fake, capsys):
+    fake("--seeds", "5", "--dry-run")  # 9 steps, configs.json's 25,000 random ones
+    (line,) = capsys.readouterr().err.splitlines()
+    assert line.startswith("warning: Pendulum-v1: ") and "never leave the random phase" in line, line
+    fake("--seeds", "5", "--dry-run", "--", "--learning-starts", "8")
+    assert capsys.readouterr().err == ""
 
 
 def test_references_name_a_source_and_version_for_every_number():

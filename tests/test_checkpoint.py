@@ -2,6 +2,7 @@
 (Pendulum-v1; Hopper-v5 with its MjData); a crash at any file operation of a checkpoint write leaves a loadable one;
 damaged checkpoints and conflicting flags are refused in one line; NaN/Inf exits 3 with the last good files intact."""
 
+import importlib.util
 import os
 import pickle
 import re
@@ -143,6 +144,30 @@ def test_kill_9_and_resume_under_the_default_thread_rule_end_bitwise_like_one_th
     ref = runs.base / "Pendulum-v1" / "runs" / "r"
     h.assert_same_checkpoint(h.latest_ckpt(ref), h.latest_ckpt(run_dir))
     h.assert_same_models(ref, run_dir)
+
+
+@pytest.mark.skipif(importlib.util.find_spec("shimmy") is None, reason="needs shimmy[dm-control], dm-control")
+def test_a_dm_control_task_killed_and_resumed_ends_bitwise_like_the_uninterrupted_run(tmp_path):
+    """dm_control/cheetah-run-v0 through shimmy, its Dict observations flattened: killed after the checkpoint at step
+    900 (inside its first 1000-step episode), the same command ends like the uninterrupted run, past the episode's
+    end and the next reset: its MjData, step count and the task's RandomState are in the checkpoint."""
+    flags = ["--env-id", "dm_control/cheetah-run-v0", "--learning-starts", 800, "--batch-size", 64, "--buffer-size"]
+    flags += [400, "--eval-frequency", 0, "--eval-episodes", 1, "--checkpoint-frequency", 900, "--device", "cpu"]
+    flags += ["--run-name", "r", "--resume", "auto", "--total-timesteps", 1100]
+    ref, proc, run_dir = h.start(tmp_path / "ref", *flags), h.start(tmp_path, *flags), tmp_path / "runs" / "r"
+    wait_until(lambda: h.latest_name(run_dir) == h.step_name(900), proc, "checkpoint at step 900")
+    proc.kill()
+    proc.wait()
+    assert "at step 900" in h.ok(h.run_script(tmp_path, *flags)).err
+    h.ok(h.finish(ref))
+    h.assert_same_checkpoint(h.latest_ckpt(tmp_path / "ref" / "runs" / "r"), h.latest_ckpt(run_dir))
+    h.assert_same_models(tmp_path / "ref" / "runs" / "r", run_dir)
+    assert [s for s, _ in h.scalars(run_dir)["charts/episodic_return"]] == [1000]
+    a, b = (sac.make_env("dm_control/cheetah-run-v0") for _ in range(2))  # the RandomState, used at resets only
+    a.reset(seed=1)
+    b.reset(seed=2)
+    sac.set_env_state(b, sac.get_env_state(a))
+    assert np.array_equal(a.reset()[0], b.reset()[0])
 
 
 HOLD_UPDATE = """

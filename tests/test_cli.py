@@ -1,12 +1,15 @@
 """Command line: --help documents every flag; each kind of bad input is refused in one line (exit 2) with nothing
 written; the run directory is named at the start; on a terminal, a progress bar. Refusals call main() in-process."""
 
+import contextlib
 import errno
 import json
 import os
 import pty
 import re
+import select
 import signal
+import statistics
 import subprocess
 import sys
 import time
@@ -16,6 +19,8 @@ import numpy as np
 import pytest
 import torch
 from conftest import SCRIPT, error_line, finish, main_in, ok, run_script, start, tree
+
+README = SCRIPT.parent / "README.md"
 
 # a complete, tiny Pendulum-v1 run: each bad case changes one thing in it
 FAST = {"--env-id": "Pendulum-v1", "--total-timesteps": 50, "--learning-starts": 10, "--batch-size": 8}
@@ -44,6 +49,8 @@ def test_help_documents_every_flag(tmp_path):
         assert f"--{flag} " in text or f"--{flag}," in text, flag
     for words in ("the id of a gymnasium environment", "target smoothing coefficient", "Exit codes"):
         assert words in text, words
+    for entry in re.split(r" (?=--[a-z])", text):  # tyro appends each default: a comment must not give another
+        assert entry.count("(default:") <= 1, entry
 
 
 def test_a_valid_run_names_its_directory_first(tmp_path):
@@ -68,6 +75,22 @@ def hopper_model(tmp_path_factory):
     cwd = tmp_path_factory.mktemp("hopper")
     ok(main_in(cwd, *flags(env_id="Hopper-v5")))
     return cwd / "out" / "r" / "model.pt"
+
+
+def test_eval_checkpoint_takes_the_env_from_the_model_file(tmp_path, hopper_model):
+    res = ok(main_in(tmp_path, "--eval-checkpoint", hopper_model, "--eval-episodes", "1"))
+    assert res.out.startswith(f"Hopper-v5 {hopper_model}: mean return"), res.out
+
+
+def test_readme_policy_snippet_loads_a_model_and_acts(tmp_path, monkeypatch, hopper_model):
+    """README's lines that load model.pt and act with it, run as they are on a freshly trained model."""
+    blocks = re.findall(r"```python\n(.*?)```", README.read_text(), re.DOTALL)
+    (code,) = [b for b in blocks if "from sac_continuous import Actor" in b]
+    (tmp_path / "runs" / "NAME").mkdir(parents=True)
+    (tmp_path / "runs" / "NAME" / "model.pt").write_bytes(hopper_model.read_bytes())
+    monkeypatch.chdir(tmp_path)
+    exec(code, names := {})
+    assert names["action"].shape == (3,) and names["env"].action_space.contains(names["action"])
 
 
 def prepare(root, hopper_model, case: str) -> None:
@@ -159,6 +182,25 @@ def test_ctrl_c_while_torch_imports_exits_130_in_one_line(tmp_path):
     assert res.code == 130 and res.err == "interrupted\n" and not (tmp_path / "out").exists(), res.err
 
 
+@pytest.mark.parametrize("gpu", [False, True], ids=["cpu", "gpu"])
+def test_the_image_gives_the_script_readmes_docker_line_for_its_commands(tmp_path, gpu):
+    """The image's entrypoint with the Dockerfile's SAC_COMMAND, the script replaced by one that prints it: README's
+    CPU line, or its GPU line (--gpus all) where the NVIDIA toolkit put nvidia-smi into the container."""
+    (tmp_path / "bin").mkdir()
+    (tmp_path / "bin" / "python").write_text('#!/bin/sh\necho "$SAC_COMMAND"\n')
+    if gpu:
+        (tmp_path / "bin" / "nvidia-smi").write_text("#!/bin/sh\n")
+    for program in (tmp_path / "bin").iterdir():
+        program.chmod(0o755)
+    dockerfile = (SCRIPT.parent / "Dockerfile").read_text()
+    assert 'ENTRYPOINT ["/bin/sh", "/app/entrypoint.sh"]' in dockerfile and "docker/entrypoint.sh ./" in dockerfile
+    command = re.search(r"SAC_COMMAND='([^']*)'", dockerfile)[1]
+    env = {**os.environ, "PATH": f"{tmp_path / 'bin'}:{os.environ['PATH']}", "SAC_COMMAND": command}
+    res = subprocess.run(["sh", SCRIPT.parent / "docker" / "entrypoint.sh"], env=env, capture_output=True, text=True)
+    line = "docker run --rm --gpus all --user" if gpu else "docker run --rm --user"
+    assert res.stdout.startswith(line) and f"{res.stdout.strip()} --env-id Humanoid-v5" in README.read_text()
+
+
 def test_a_bad_pickle_header_is_one_line_in_a_real_process(tmp_path):
     """A pickle PROTO opcode with an unknown protocol: torch also prints a warning, which must not show."""
     (tmp_path / "model.pt").write_bytes(b"\x80\xb3" + bytes(range(256)) * 16)
@@ -189,11 +231,11 @@ def test_triton_is_imported_before_mujoco_under_osmesa(tmp_path, mujoco_gl):
 
 
 SLOW_UPDATES = """
-import sys, time
+import os, sys, time
 import sac_continuous as sac
 original = sac.SAC.update
-def update(self, batch):  # training runs at about 20 steps per second, the random phase some 1,000 times faster
-    time.sleep(0.05)
+def update(self, batch):  # training runs at about 20 steps per second, the random phase some 100 times faster
+    time.sleep(5 if os.path.exists("stall") else 0.05)  # stalled: a step long enough to press Ctrl-C twice in
     return original(self, batch)
 sac.SAC.update = update
 sys.argv[0] = sac.__file__
@@ -201,33 +243,60 @@ sac.main()
 """
 
 
-def test_progress_bar_on_a_terminal_has_the_training_rate_eta_and_no_nan_return(tmp_path):
-    """Random actions until step 100, then slow training until 300; the first episode ends at step 200. The bar's
-    ETA comes from the training rate (the random phase's would promise less), and it shows no return until an
-    episode has ended."""
+def test_progress_bar_on_a_terminal_shows_each_phase_its_own_eta_and_rate_and_restores_the_cursor(tmp_path):
+    """Random actions until step 1,000 (a bar of that phase, its ETA), then slow training, checkpointed every 100
+    steps, until a double Ctrl-C. The training bar's SPS is the recent rate the checkpoints show (not one since the
+    process started), its ETA that of the training rate, no return shown before an episode has ended; the second
+    Ctrl-C quits at once (130) and still shows the cursor again."""
     (tmp_path / "slow.py").write_text(SLOW_UPDATES)
     leader, follower = pty.openpty()
     env = {**os.environ, "PYTHONPATH": str(SCRIPT.parent), "TERM": "xterm", "COLUMNS": "200"}
-    fast = flags(
-        total_timesteps=300, learning_starts=100, batch_size=32, buffer_size=1000, output_dir="runs", log_frequency=10
-    )
+    slow = dict(total_timesteps=100_000, learning_starts=1000, batch_size=32, buffer_size=2000, output_dir="runs")
+    slow = flags(**slow, log_frequency=10, checkpoint_frequency=100)
     proc = subprocess.Popen(
-        [sys.executable, "slow.py", *map(str, fast)], cwd=tmp_path, env=env, stdout=follower, stderr=follower
+        [sys.executable, "slow.py", *map(str, slow)], cwd=tmp_path, env=env, stdout=follower, stderr=follower
     )
     os.close(follower)
-    chunks = []
-    while True:
-        try:
-            chunks.append(os.read(leader, 65536))
-        except OSError:  # the child closed the terminal
-            break
-    assert proc.wait() == 0
-    screen = re.sub(r"\x1b\[[0-9;?]*[a-zA-Z]", "\n", b"".join(chunks).decode(errors="replace"))
+    chunks, saved, checkpoints = [], {}, tmp_path / "runs" / "r" / "checkpoints"  # saved: step -> time written
+
+    def read(seconds: float) -> bool:  # what the terminal shows in that time; False once the child closed it
+        end = time.time() + seconds
+        while time.time() < end:
+            try:
+                if select.select([leader], [], [], 0.05)[0]:
+                    chunks.append(os.read(leader, 65536))
+            except OSError:
+                return False
+        return True
+
+    while max(saved, default=0) < 1200:
+        assert read(0.05) and proc.poll() is None, b"".join(chunks)[-3000:]
+        with contextlib.suppress(OSError, ValueError):
+            name = (checkpoints / "latest").read_text().strip()
+            saved.setdefault(int(name[5:]), (checkpoints / name / "state.pt").stat().st_mtime)
+    (tmp_path / "stall").touch()
+    read(0.5)
+    proc.send_signal(signal.SIGINT)
+    read(0.5)
+    proc.send_signal(signal.SIGINT)
+    while read(1):
+        pass
+    assert proc.wait(timeout=60) == 130
+    output = b"".join(chunks)
+    assert output.rstrip().endswith(b"\x1b[?25h"), output[-300:]
+    screen = re.sub(r"\x1b\[[0-9;?]*[a-zA-Z]", "\n", output.decode(errors="replace"))
     assert "run: runs/r" in screen and "nan" not in screen.lower()
-    # training takes at least 0.05 s a step: the ETA at step m is at least (300 - m) / 20 s (rounded down)
-    frames = re.findall(r"(\d+)/300\s[^/]*?ETA\s+(\d+):(\d\d):(\d\d)", screen)
-    etas = [(int(m), int(h) * 3600 + int(mi) * 60 + int(s)) for m, h, mi, s in frames if int(m) >= 110]
-    assert etas and all(eta >= (300 - m) / 20 - 1 for m, eta in etas), etas
+    etas = {}  # total -> [(step, ETA in seconds)] of the frames of that bar
+    for m, total, h, mi, sec in re.findall(r"(\d+)/(\d+)\s[^/]*?ETA\s+(\d+):(\d\d):(\d\d)", screen):
+        etas.setdefault(int(total), []).append((int(m), int(h) * 3600 + int(mi) * 60 + int(sec)))
+    assert etas[1000] and all(eta <= 60 for _, eta in etas[1000]), etas  # the random phase's own, not the run's
+    training = etas[100_000]
+    assert min(m for m, _ in training) >= 1000, training  # the whole run's bar only once training started
+    # training takes at least 0.05 s a step: the ETA at step m is at least (100,000 - m) / 20 s (rounded down)
+    assert all(eta >= (100_000 - m) / 20 - 1 for m, eta in training if m > 1010), training
+    measured = (1200 - 1100) / (saved[1200] - saved[1100])
+    shown = [int(sps) for m, sps in re.findall(r"(\d+)/100000\s+(\d+) SPS", screen) if 1100 <= int(m) <= 1200]
+    assert shown and abs(statistics.median(shown) / measured - 1) < 0.2, (measured, shown)
 
 
 # the script with the load average it reads (its one input besides the flags) replaced, printing its final thread count
