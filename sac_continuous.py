@@ -40,24 +40,6 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 import tyro
-from torch import func
-
-
-def mkl_strict_mode(cpuinfo: str) -> str | None:
-    """MKL's strict reproducible mode (MKL_CBWR) for this CPU: matrix products with the same bits at any thread count.
-    MKL has it on its AVX2 and AVX-512 code paths: Intel CPUs choose theirs (AUTO), others (AMD) are given AVX2."""
-    words = cpuinfo.split()
-    if words and "avx2" not in words:
-        return None  # an old CPU: no strict mode (main says so)
-    return "AUTO,STRICT" if "GenuineIntel" in words or not words else "AVX2,STRICT"
-
-
-# Same seed, same bits at any thread count. MKL reads MKL_CBWR at its first call, cuBLAS its workspace setting (fixed,
-# hence deterministic) when CUDA starts: both before any use. A value the user set is kept.
-mode = mkl_strict_mode(Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").is_file() else "")  # off Linux: ""
-if mode:
-    os.environ.setdefault("MKL_CBWR", mode)
-os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
 
 EXIT_BAD_INPUT = 2  # the exit codes, as the docstring lists them
 EXIT_DIVERGED = 3
@@ -115,7 +97,7 @@ def flag(name: str) -> str:
     return "--" + name.replace("_", "-")
 
 
-def check_args(args: Args) -> torch.device:  # refuses unusable flags before anything is written
+def check_args(args: Args) -> None:  # refuses unusable flags before anything is written
     positive = ["total_timesteps", "num_envs", "buffer_size", "batch_size", "eval_episodes", "log_frequency"]
     for name in positive + ["policy_frequency", "target_network_frequency", "policy_lr", "q_lr", "alpha"]:
         if not getattr(args, name) > 0:  # `not >` also refuses NaN
@@ -140,6 +122,11 @@ def check_args(args: Args) -> torch.device:  # refuses unusable flags before any
         raise Exit("--track needs Weights & Biases: pip install wandb")
     if args.track and not wandb_key_found():
         raise Exit("--track: no W&B API key found; run `wandb login`, set WANDB_API_KEY, or set WANDB_MODE=offline")
+
+
+def pick_device(args: Args) -> torch.device:
+    """--device, refused where it cannot run (or cannot run --compile, --cudagraphs); on a CPU without a thread-exact
+    BLAS mode, one line says what that costs."""
     available = {"cuda": torch.cuda.is_available(), "mps": torch.backends.mps.is_available()}
     try:
         device = torch.device(("cuda" if available["cuda"] else "cpu") if args.device == "auto" else args.device)
@@ -149,11 +136,16 @@ def check_args(args: Args) -> torch.device:  # refuses unusable flags before any
         raise Exit(f"--device {args.device}: {device.type.upper()} is not available here; use --device cpu or auto")
     if args.cudagraphs and device.type != "cuda":
         raise Exit(f"--cudagraphs needs a CUDA device, but the device is {device}; drop it or use --device cuda")
-    cxx, cc = os.environ.get("CXX", "g++"), os.environ.get("CC") or shutil.which("gcc") or shutil.which("clang")
+    cxx = os.environ.get("CXX", "g++")
+    cc = os.environ.get("CC") or shutil.which("gcc") or shutil.which("clang")
     if args.compile and device.type == "cpu" and shutil.which(cxx) is None:
         raise Exit(f"--compile on CPU needs a C++ compiler ({cxx}, or set CXX); install it or drop --compile")
     if args.compile and device.type == "cuda" and (importlib.util.find_spec("triton") is None or not cc):
         raise Exit("--compile on CUDA needs triton and a C compiler (gcc, or set CC); install them or drop --compile")
+    if device.type == "cpu" and not (torch.backends.mkl.is_available() and "STRICT" in os.environ.get("MKL_CBWR", "")):
+        print(
+            "note: no thread-exact BLAS mode here (MKL, AVX2): same bits only at a fixed --num-threads", file=sys.stderr
+        )
     return device
 
 
@@ -171,7 +163,8 @@ def make_env(env_id: str, render_mode: str | None = None) -> gym.Env:
         raise Exit(f"environment '{env_id}' needs a missing package ({e}); install it") from None
     if isinstance(env.observation_space, gym.spaces.Dict):  # e.g. dm_control's: its parts as one vector
         env = gym.wrappers.FlattenObservation(env)
-    space, obs_space = env.action_space, env.observation_space
+    space = env.action_space
+    obs_space = env.observation_space
     if not isinstance(space, gym.spaces.Box):
         raise Exit(f"'{env_id}' has a {type(space).__name__} action space; SAC here needs a continuous (Box) one")
     if not isinstance(obs_space, gym.spaces.Box) or len(obs_space.shape) != 1:
@@ -179,23 +172,6 @@ def make_env(env_id: str, render_mode: str | None = None) -> gym.Env:
     if not (np.all(np.isfinite(space.low)) and np.all(np.isfinite(space.high))):
         raise Exit(f"'{env_id}' has an unbounded action space; SAC squashes actions into finite bounds")
     return env
-
-
-def check_rendering(env_id: str, capture_video: bool) -> None:
-    """Before anything is written: MuJoCo's OpenGL library loads, and --capture-video's env renders (pygame...)."""
-    gl, spec = os.environ.get("MUJOCO_GL"), gym.registry.get(env_id)
-    try:
-        if gl in ("osmesa", "egl") and spec and "mujoco" in str(spec.entry_point):
-            importlib.import_module("mujoco")  # PyOpenGL loads the library here
-        if capture_video:
-            with make_env(env_id, render_mode="rgb_array") as env:
-                env.reset(seed=0)
-                env.render()
-    except gym.error.DependencyNotInstalled as e:
-        raise Exit(f"--capture-video: {env_id} cannot render ({str(e).splitlines()[0]}); install that") from None
-    except (ImportError, AttributeError, OSError):
-        package = {"osmesa": "libosmesa6", "egl": "libegl1"}.get(gl, "an OpenGL library")
-        raise Exit(f"MUJOCO_GL={gl}: cannot load its OpenGL library; install {package} (e.g. apt-get)") from None
 
 
 def make_envs(args: Args) -> gym.vector.SyncVectorEnv:
@@ -229,7 +205,13 @@ class SoftQNetwork(nn.Module):
         self.net = mlp(obs_dim + act_dim, 1)
 
     def forward(self, obs: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
-        return self.net(torch.cat([obs, action], dim=-1))
+        """Q(s, a). With its weights held fixed (in the actor's loss), the first layer W [s; a] + b is computed as
+        W_s s + W_a a + b: backward then differentiates the action's part only, not the observation's."""
+        first = self.net[0]
+        if first.weight.requires_grad:
+            return self.net(torch.cat([obs, action], dim=-1))
+        w_obs, w_act = first.weight.split([obs.shape[-1], action.shape[-1]], dim=1)
+        return self.net[1:](F.linear(obs, w_obs) + F.linear(action, w_act, first.bias))
 
 
 class Actor(nn.Module):  # a Gaussian policy squashed by tanh, rescaled to the action bounds: a = scale * tanh(u) + bias
@@ -328,49 +310,7 @@ class ReplayBuffer:
         return obs[:batch_size], actions, rewards, terminations, obs[batch_size:]
 
 
-def available_memory() -> int | None:
-    """Bytes that can be allocated now: Linux's MemAvailable (free and reclaimable), else the free pages, else None."""
-    with contextlib.suppress(OSError, StopIteration, ValueError):
-        with open("/proc/meminfo") as f:
-            return 1024 * int(next(line.split()[1] for line in f if line.startswith("MemAvailable:")))
-    with contextlib.suppress(OSError, ValueError, AttributeError):  # macOS and Windows lack one or the other
-        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    return None
-
-
-# === Speed path (--cudagraphs; SAC.__init__ applies it and --compile): a plain run never enters it ====
-def cuda_graphed(step, warmup_calls: int = 3):
-    """step(*tensors) as a CUDA graph: eager warm-up calls on a side stream, one that records, then replays."""
-    calls, graph, static_inputs, static_outputs = 0, None, None, None
-
-    def run(*inputs):
-        nonlocal calls, graph, static_inputs, static_outputs
-        if graph is None and calls < warmup_calls:
-            calls += 1
-            side = torch.cuda.Stream()
-            side.wait_stream(torch.cuda.current_stream())
-            with torch.cuda.stream(side):
-                out = step(*inputs)
-            torch.cuda.current_stream().wait_stream(side)
-            return out
-        if graph is None:
-            static_inputs, graph = [x.clone() for x in inputs], torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph):  # records the kernels, runs none of them
-                static_outputs = step(*static_inputs)
-        else:
-            for static, x in zip(static_inputs, inputs):
-                static.copy_(x, non_blocking=True)
-        graph.replay()
-        return static_outputs
-
-    return run
-
-
 # --- The SAC update -------------------------------------------------------------------------------
-def detached(module: nn.Module) -> dict[str, torch.Tensor]:  # its parameters, cut from the autograd graph
-    return {name: p.detach() for name, p in module.named_parameters()}
-
-
 class SAC:
     def __init__(self, obs_dim: int, low: np.ndarray, high: np.ndarray, args: Args, device: torch.device):
         self.obs_dim = obs_dim
@@ -450,12 +390,15 @@ class SAC:
         return stats
 
     def actor_loss(self, obs) -> tuple[torch.Tensor, torch.Tensor]:
-        """J(pi) = E[alpha log pi(a|s) - min_j Q_j(s, a)], a ~ pi(.|s) reparameterized; also log pi. The critics run
-        with detached weights: the gradient reaches the actor through a, and no critic gradient is computed."""
+        """J(pi) = E[alpha log pi(a|s) - min_j Q_j(s, a)], a ~ pi(.|s) reparameterized; also log pi. The critics'
+        own forward pass, their weights held fixed: the gradient reaches the actor through a, none the critics."""
         pi, log_pi = self.actor.get_action(obs)
-        q1 = func.functional_call(self.qf1, detached(self.qf1), (obs, pi))
-        q2 = func.functional_call(self.qf2, detached(self.qf2), (obs, pi))
-        return (self.alpha * log_pi - torch.min(q1, q2)).mean(), log_pi
+        for p in self.q_params:  # fixed while the graph is built (as in Spinning Up)
+            p.requires_grad_(False)
+        min_q = torch.min(self.qf1(obs, pi), self.qf2(obs, pi))
+        for p in self.q_params:
+            p.requires_grad_(True)
+        return (self.alpha * log_pi - min_q).mean(), log_pi
 
     def update_policy(self, obs) -> dict[str, torch.Tensor]:
         """Actor step, then (autotune) J(alpha) = E[-alpha (log pi + H_target)]: alpha rises when the entropy is low."""
@@ -489,6 +432,128 @@ def speed_up(agent: SAC, args: Args) -> None:
         agent.update_policy = cuda_graphed(agent.update_policy)
         agent.update_targets = cuda_graphed(agent.update_targets)
         agent.sample_action = cuda_graphed(agent.sample_action)
+
+
+# --- Evaluation -----------------------------------------------------------------------------------
+def evaluate(actor: Actor, env_id: str, episodes: int, seed: int, device: torch.device, video_path=None) -> list:
+    """Deterministic returns on a fresh env, the first episode optionally filmed; no training RNG is touched."""
+    env = make_env(env_id, render_mode="rgb_array" if video_path else None)
+    returns = []
+    frames = []
+    for episode in range(episodes):
+        obs, _ = env.reset(seed=seed if episode == 0 else None)
+        total = 0.0
+        done = False
+        while not done:
+            with torch.no_grad():
+                action = actor.deterministic(torch.as_tensor(obs, dtype=torch.float32, device=device)[None])
+            obs, reward, terminated, truncated, _ = env.step(action[0].cpu().numpy())
+            total += float(reward)
+            done = terminated or truncated
+            if video_path and episode == 0:
+                frames.append(env.render())
+        returns.append(total)
+    env.close()
+    if video_path and frames:
+        write_video(video_path, frames, env.metadata.get("render_fps", 30))
+    return returns
+
+
+# --- The training loop ----------------------------------------------------------------------------
+@dataclasses.dataclass
+class LoopState:  # what the loop carries from one step to the next: a checkpoint saves it, a resume restores it
+    obs: np.ndarray  # each env's current observation
+    global_step: int = 0
+    best_eval: float = -math.inf
+    last_return: float = math.nan  # of the last finished episode (the progress bar shows it)
+
+
+def train(args: Args) -> int:
+    # Setup: everything that can refuse the input happens before anything is written
+    check_args(args)
+    device = pick_device(args)
+    args, run_dir, ckpt, saved = prepare_run(args)
+    check_rendering(args.env_id, args.capture_video)
+    envs = make_envs(args)
+    obs_dim = envs.single_observation_space.shape[0]
+    act_space = envs.single_action_space
+    check_memory(args, obs_dim, act_space.shape[0])
+    random.seed(args.seed)
+    np.random.seed(args.seed)
+    torch.manual_seed(args.seed)
+    torch.backends.cudnn.deterministic = args.torch_deterministic
+    agent = SAC(obs_dim, act_space.low, act_space.high, args, device)
+    speed_up(agent, args)  # --compile, --cudagraphs; a plain run is unchanged
+    rb = ReplayBuffer(args.buffer_size, args.num_envs, obs_dim, act_space.shape[0], seed=args.seed)
+    state = LoopState(obs=envs.reset(seed=args.seed)[0])
+    envs.action_space.seed(args.seed)
+    if saved is None:
+        rb.start(state.obs)
+    else:  # the checkpoint overwrites all of the above
+        state = restore(saved, ckpt, agent, rb, envs)
+    stop_requests = StopRequests()  # Ctrl-C, SIGTERM: a checkpoint after this step, then exit 75
+    log = None
+    try:
+        make_run_dir(run_dir, ckpt, state.global_step)
+        log = Loggers(args, run_dir, saved is not None, state.global_step)
+        if saved is None:  # after W&B's start: a start that fails before it leaves what the same command accepts
+            write_args(run_dir, args)
+        while state.global_step < args.total_timesteps:
+            # ALGO LOGIC: uniformly random actions until learning starts, then a ~ pi(.|s)
+            if state.global_step < args.learning_starts:
+                actions = envs.action_space.sample()
+            else:
+                actions = agent.act(state.obs)
+            next_obs, rewards, terminations, truncations, infos = envs.step(actions)
+            dones = terminations | truncations
+            if dones.any():
+                state.last_return = log.episodes(infos["final_info"], state.global_step, state.last_return)
+            rb.add(actions, rewards, terminations, real_next_obs(next_obs, infos), dones, next_obs)
+            state.obs = next_obs
+            prev_step = state.global_step
+            state.global_step += args.num_envs
+
+            # ALGO LOGIC: one SAC update per vector step once learning has started
+            if state.global_step > args.learning_starts:
+                stats = agent.update(rb.sample(args.batch_size))
+
+            # Loss logs; evaluations (also one before learning); checkpoints (periodic, at the end, on a signal)
+            step = state.global_step
+            logging = step > args.learning_starts and agent.n_updates % args.log_frequency == 0
+            last = step >= args.total_timesteps
+            stopping = bool(stop_requests) and not last
+            may_evaluate = step > args.learning_starts or state.best_eval == -math.inf
+            evaluating = (crossed(step, prev_step, args.eval_frequency) and may_evaluate) or last
+            saving = crossed(step, prev_step, args.checkpoint_frequency) or (last and args.checkpoint_frequency > 0)
+            if logging or evaluating or saving or stopping:
+                check_finite(agent, run_dir, step)  # NaN/Inf weights: exit 3 before they are written anywhere
+            if logging:
+                log.losses(stats | {"alpha": agent.alpha}, step, state.last_return)
+                choose_threads(args)
+            if evaluating:
+                state.best_eval = evaluate_and_save(agent, args, run_dir, state, log)
+            if saving or stopping:
+                log.flush()  # the events up to this step reach the disk before the checkpoint that follows them
+                path = save_checkpoint(run_dir, checkpoint_state(args, agent, envs, state), rb)
+            log.progress(step, prev_step)
+            if stopping:
+                text = f"stopped by {stop_requests[0]} at step {step}; checkpoint {path}. Resume with: "
+                raise Exit(text + resume_command(args, run_dir), EXIT_INTERRUPTED)
+        log.close()
+    except (OSError, WriteError) as e:  # a write (checkpoint, model, video, events), read or render failed: stop
+        raise io_failure(e, args, run_dir, state.global_step) from None
+    finally:
+        envs.close()
+        if log is not None:
+            log.close(quietly=True)  # at any exit, what the loggers hold goes to disk if it can
+    print(f"done: {state.global_step} steps; outputs in {run_dir}", file=sys.stderr)
+    return 0
+
+
+# ==================================================================================================
+# Run machinery. Above: SAC whole. Below: what makes a run safe to stop, resume and watch: files,
+# checkpoints, env state, resume, loggers, signals and threads, the CUDA-graph wrapper, rendering.
+# ==================================================================================================
 
 
 # --- Files: every write goes through write_file; a failed one raises WriteError (exit 74) ---------
@@ -525,6 +590,17 @@ def atomic_write(path: Path, write) -> None:  # temporary file, fsync, rename: t
         raise WriteError(path, e) from None
 
 
+def write_video(path: Path, frames: list, fps: int) -> None:  # ffmpeg writes the temporary file by name, quietly
+    import imageio.v2
+
+    mp4 = dict(format="FFMPEG", fps=fps, ffmpeg_log_level="quiet")
+    atomic_write(path, lambda f: imageio.v2.mimwrite(f.name, frames, **mp4))
+
+
+def write_args(run_dir: Path, args: Args) -> None:
+    atomic_write(run_dir / "args.json", lambda f: f.write(json.dumps(dataclasses.asdict(args), indent=2).encode()))
+
+
 def torch_load(path: Path, what: str, fmt: str) -> dict:  # weights_only: no code in the file can run
     if path.is_dir():
         names = ", ".join(sorted(p.name for p in path.glob("*model.pt"))) or "none"
@@ -541,30 +617,9 @@ def torch_load(path: Path, what: str, fmt: str) -> dict:  # weights_only: no cod
     return data
 
 
-# --- Evaluation -----------------------------------------------------------------------------------
-def evaluate(actor: Actor, env_id: str, episodes: int, seed: int, device: torch.device, video_path=None) -> list:
-    """Deterministic returns on a fresh env, the first episode optionally filmed; no training RNG is touched."""
-    env = make_env(env_id, render_mode="rgb_array" if video_path else None)
-    returns, frames = [], []
-    for episode in range(episodes):
-        (obs, _), total, done = env.reset(seed=seed if episode == 0 else None), 0.0, False
-        while not done:
-            with torch.no_grad():
-                action = actor.deterministic(torch.as_tensor(obs, dtype=torch.float32, device=device)[None])
-            obs, reward, terminated, truncated, _ = env.step(action[0].cpu().numpy())
-            total, done = total + float(reward), terminated or truncated
-            if video_path and episode == 0:
-                frames.append(env.render())
-        returns.append(total)
-    env.close()
-    if video_path and frames:  # ffmpeg writes the temporary file by its name, quietly: a failure is one line
-        mp4 = dict(format="FFMPEG", fps=env.metadata.get("render_fps", 30), ffmpeg_log_level="quiet")
-        atomic_write(video_path, lambda f: importlib.import_module("imageio.v2").mimwrite(f.name, frames, **mp4))
-    return returns
-
-
 # --- Checkpoints: atomic, complete (weights, optimizers, buffer, env state, every RNG) and exact --
-MODEL_FORMAT, CHECKPOINT_FORMAT = "sac_continuous/model/v1", "sac_continuous/checkpoint/v1"
+MODEL_FORMAT = "sac_continuous/model/v1"
+CHECKPOINT_FORMAT = "sac_continuous/checkpoint/v1"
 
 
 def find_checkpoint(path: Path) -> Path | None:  # a run, checkpoints/ or step_* dir -> the step dir to load
@@ -580,8 +635,10 @@ def find_checkpoint(path: Path) -> Path | None:  # a run, checkpoints/ or step_*
 def save_checkpoint(run_dir: Path, state: dict, rb: ReplayBuffer) -> Path:
     """step_N/{state.pt, buffer/*.npy} as a temporary dir, renamed (now it is the one a resume takes), `latest`
     switched, older ones removed."""
-    root, name = run_dir / "checkpoints", f"step_{state['global_step']:012d}"
-    final, tmp = root / name, root / f".tmp_{name}"
+    root = run_dir / "checkpoints"
+    name = f"step_{state['global_step']:012d}"
+    final = root / name
+    tmp = root / f".tmp_{name}"
     try:
         (tmp / "buffer").mkdir(parents=True)
         slots = int(np.minimum(rb.written, rb.capacity).max())  # slots beyond were never written
@@ -605,20 +662,114 @@ def save_checkpoint(run_dir: Path, state: dict, rb: ReplayBuffer) -> Path:
 def clear_leftovers(run_dir: Path, keep: Path | None) -> None:
     """A killed process's temporary files and partial videos, and every checkpoint but `keep` (the one resumed or
     just written; None: the newest)."""
-    keep, root = keep or find_checkpoint(run_dir), run_dir / "checkpoints"
+    keep = keep or find_checkpoint(run_dir)
+    root = run_dir / "checkpoints"
     found = [*run_dir.glob(".*.tmp*"), *run_dir.glob("videos/.*.tmp*"), *(root.iterdir() if root.is_dir() else [])]
     for p in found:
         if p == keep or p.name == "latest":
             continue
-        shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
+        if p.is_dir():
+            shutil.rmtree(p, ignore_errors=True)
+        else:
+            p.unlink(missing_ok=True)
 
 
+def saved_so_far(run_dir: Path) -> str:  # what an error message says of the run's checkpoints
+    newest = find_checkpoint(run_dir) if run_dir.is_dir() else None
+    return f"the last checkpoint {newest} is intact" if newest else "no checkpoint was written yet"
+
+
+def rng_state() -> dict:  # python's, numpy's (its key array as a tensor, for weights_only), torch's and CUDA's
+    name, keys, *rest = np.random.get_state()
+    rng = {"python": random.getstate(), "torch": torch.get_rng_state()}
+    rng["numpy"] = [name, torch.from_numpy(keys.astype(np.int64)), *rest]
+    rng["cuda"] = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []
+    return rng
+
+
+def set_rng_state(rng: dict) -> None:
+    random.setstate(rng["python"])
+    torch.set_rng_state(rng["torch"])
+    name, keys, *rest = rng["numpy"]
+    np.random.set_state((name, keys.numpy().astype(np.uint32), *rest))
+    if rng["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(rng["cuda"])
+
+
+def checkpoint_state(args: Args, agent: SAC, envs, state: LoopState) -> dict:
+    """Everything the run needs to go on exactly as if it had not stopped (save_checkpoint adds the buffer)."""
+    saved = dict(format=CHECKPOINT_FORMAT, args=dataclasses.asdict(args), obs_dim=agent.obs_dim, act_dim=agent.act_dim)
+    saved |= dict(global_step=state.global_step, best_eval=state.best_eval, last_return=state.last_return)
+    saved |= dict(obs=torch.from_numpy(state.obs.copy()), n_updates=agent.n_updates, rng=rng_state())
+    saved["modules"] = {k: m.state_dict() for k, m in agent.networks.items()}
+    saved["optimizers"] = {k: o.state_dict() for k, o in agent.optimizers.items()}
+    saved |= dict(log_alpha=agent.log_alpha.detach().clone(), alpha=agent.alpha.clone())
+    saved["envs"] = [get_env_state(env) for env in envs.envs]
+    saved["action_space_rng"] = envs.action_space.np_random.bit_generator.state
+    return saved
+
+
+def restore(saved: dict, ckpt: Path, agent: SAC, rb: ReplayBuffer, envs: gym.vector.SyncVectorEnv) -> LoopState:
+    """checkpoint_state's inverse. log_alpha is overwritten in place: the optimizer holds that very tensor."""
+    try:
+        for k, module in agent.networks.items():
+            module.load_state_dict(saved["modules"][k])
+        for k, optimizer in agent.optimizers.items():
+            optimizer.load_state_dict(saved["optimizers"][k])
+            for group in optimizer.param_groups:  # how this process steps (fused, capturable) is not part of the run
+                group.update(fused=optimizer.defaults["fused"], capturable=optimizer.defaults["capturable"])
+        agent.log_alpha.data.copy_(saved["log_alpha"])
+        agent.alpha.copy_(saved["alpha"])
+        agent.n_updates = saved["n_updates"]
+        meta = saved["buffer"]
+        for key in rb.ARRAYS:
+            target = getattr(rb, key)[:, : meta["slots"]]
+            path = ckpt / "buffer" / f"{key}.npy"
+            data = np.load(path, mmap_mode="r", allow_pickle=False)
+            if data.shape != target.shape or data.dtype != target.dtype:
+                raise ValueError(f"{path} is {data.shape} {data.dtype}, not {target.shape} {target.dtype}")
+            target[...] = data
+        rb.pos = np.asarray(meta["pos"])
+        rb.written = np.asarray(meta["written"])
+        rb.rng.bit_generator.state = meta["rng"]
+        for env, env_state in zip(envs.envs, saved["envs"], strict=True):
+            set_env_state(env, env_state)
+        envs.action_space.np_random.bit_generator.state = saved["action_space_rng"]
+        set_rng_state(saved["rng"])
+        return LoopState(saved["obs"].numpy(), saved["global_step"], saved["best_eval"], saved["last_return"])
+    except (OSError, KeyError, RuntimeError, ValueError, TypeError, AttributeError, pickle.UnpicklingError) as e:
+        reason = str(e).splitlines()[0][:200]
+        raise Exit(f"checkpoint {ckpt} is damaged or does not fit this run ({type(e).__name__}: {reason})") from None
+
+
+def evaluate_and_save(agent: SAC, args: Args, run_dir: Path, state: LoopState, log) -> float:
+    """Evaluates the actor, logs the returns, writes model.pt (and best_model.pt when best); the new best return."""
+    step = state.global_step
+    video = run_dir / "videos" / f"eval_step_{step:012d}.mp4" if args.capture_video else None
+    returns = evaluate(agent.actor, args.env_id, args.eval_episodes, args.seed + 10_000, agent.device, video)
+    mean = float(np.mean(returns))
+    std = float(np.std(returns))
+    log.scalar("eval/mean_return", mean, step)
+    log.scalar("eval/std_return", std, step)
+    if video:
+        log.video(video, step)
+    model = dict(format=MODEL_FORMAT, env_id=args.env_id, global_step=step, obs_dim=agent.obs_dim)
+    model |= dict(act_dim=agent.act_dim, **{k: getattr(agent, k).state_dict() for k in ("actor", "qf1", "qf2")})
+    for name in ["model.pt"] + (["best_model.pt"] if mean > state.best_eval else []):
+        atomic_write(run_dir / name, lambda f: torch.save(model, f))
+    print(f"step {step}: eval return {mean:.1f} ± {std:.1f} over {len(returns)} episodes", file=sys.stderr)
+    return max(mean, state.best_eval)
+
+
+# --- Env state: every wrapper's counters, the env's RNG and MuJoCo's MjData ----------------------
 # MjData is saved whole: it holds derived quantities the next step uses. Its loader accepts that class only.
 class MjDataUnpickler(pickle.Unpickler):
     def find_class(self, module, name):
+        import mujoco
+
         if (module, name) != ("mujoco._structs", "MjData"):
             raise pickle.UnpicklingError(f"unexpected class {module}.{name} in MuJoCo state")
-        return importlib.import_module("mujoco").MjData
+        return mujoco.MjData
 
 
 def env_layers(env: gym.Env) -> list:  # the wrappers down to the env, and the dm_control env in shimmy's adapter
@@ -642,18 +793,22 @@ def get_env_state(env: gym.Env) -> dict:
         attrs |= {k: v.item() for k, v in vars(layer).items() if isinstance(v, np.generic)}  # np.float64 is a float
         attrs |= {k: torch.from_numpy(v.copy()) for k, v in vars(layer).items() if isinstance(v, np.ndarray)}
         layers.append(attrs)
+    state = {"layers": layers}
     rng = env.unwrapped.np_random
     if isinstance(rng, np.random.RandomState):  # dm_control's legacy generator: its whole state, the key as a tensor
         name, key, *rest = rng.get_state()
-        state = {"layers": layers, "legacy_np_random": [name, torch.from_numpy(key.astype(np.int64)), *rest]}
+        state["legacy_np_random"] = [name, torch.from_numpy(key.astype(np.int64)), *rest]
     else:
-        state = {"layers": layers, "np_random": rng.bit_generator.state}
+        state["np_random"] = rng.bit_generator.state
     mjdata = mujoco_parts(env)[1]
-    return state | ({"mjdata": pickle.dumps(mjdata)} if type(mjdata).__name__ == "MjData" else {})
+    if type(mjdata).__name__ == "MjData":
+        state["mjdata"] = pickle.dumps(mjdata)
+    return state
 
 
 def set_env_state(env: gym.Env, state: dict) -> None:
-    base = env.unwrapped
+    import mujoco
+
     for layer, saved in zip(env_layers(env), state["layers"], strict=True):  # the same wrapper stack
         for k, v in saved.items():
             current = getattr(layer, k, None)
@@ -663,63 +818,15 @@ def set_env_state(env: gym.Env, state: dict) -> None:
                 setattr(layer, k, v.numpy().copy() if isinstance(v, torch.Tensor) else v)
     if "legacy_np_random" in state:
         name, key, *rest = state["legacy_np_random"]
-        base.np_random.set_state((name, key.numpy().astype(np.uint32), *rest))
+        env.unwrapped.np_random.set_state((name, key.numpy().astype(np.uint32), *rest))
     else:
-        base.np_random.bit_generator.state = state["np_random"]
+        env.unwrapped.np_random.bit_generator.state = state["np_random"]
     if "mjdata" in state:
         model, data = mujoco_parts(env)
-        importlib.import_module("mujoco").mj_copyData(data, model, MjDataUnpickler(io.BytesIO(state["mjdata"])).load())
+        mujoco.mj_copyData(data, model, MjDataUnpickler(io.BytesIO(state["mjdata"])).load())
 
 
-def checkpoint_state(args, agent: SAC, envs, obs, global_step: int, best_eval: float, last_return: float) -> dict:
-    # everything the run needs to go on exactly as if it had not stopped (save_checkpoint adds the buffer)
-    rng = {"python": random.getstate(), "torch": torch.get_rng_state()}  # numpy's key array as a tensor (weights_only)
-    name, keys, *rest = np.random.get_state()
-    rng["numpy"] = [name, torch.from_numpy(keys.astype(np.int64)), *rest]
-    rng["cuda"] = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []
-    state = dict(format=CHECKPOINT_FORMAT, args=dataclasses.asdict(args), obs_dim=agent.obs_dim, act_dim=agent.act_dim)
-    state.update(global_step=global_step, n_updates=agent.n_updates, best_eval=best_eval, last_return=last_return)
-    state.update(obs=torch.from_numpy(obs.copy()), modules={k: m.state_dict() for k, m in agent.networks.items()})
-    state.update(optimizers={k: o.state_dict() for k, o in agent.optimizers.items()}, rng=rng)
-    state.update(log_alpha=agent.log_alpha.detach().clone(), alpha=agent.alpha.clone())
-    state.update(envs=[get_env_state(env) for env in envs.envs])
-    return state | {"action_space_rng": envs.action_space.np_random.bit_generator.state}
-
-
-def restore(saved: dict, ckpt: Path, agent: SAC, rb: ReplayBuffer, envs: gym.vector.SyncVectorEnv) -> tuple:
-    """checkpoint_state's inverse. log_alpha is overwritten in place: the optimizer holds that very tensor."""
-    try:
-        for k, obj in {**agent.networks, **agent.optimizers}.items():
-            obj.load_state_dict(saved["modules" if k in agent.networks else "optimizers"][k])
-        for o in agent.optimizers.values():  # how this process steps (fused, capturable) is not part of the run
-            for group in o.param_groups:
-                group.update(fused=o.defaults["fused"], capturable=o.defaults["capturable"])
-        agent.log_alpha.data.copy_(saved["log_alpha"])
-        agent.alpha.copy_(saved["alpha"])
-        agent.n_updates, meta = saved["n_updates"], saved["buffer"]
-        for key in rb.ARRAYS:
-            target, path = getattr(rb, key)[:, : meta["slots"]], ckpt / "buffer" / f"{key}.npy"
-            data = np.load(path, mmap_mode="r", allow_pickle=False)
-            if data.shape != target.shape or data.dtype != target.dtype:
-                raise ValueError(f"{path} is {data.shape} {data.dtype}, not {target.shape} {target.dtype}")
-            target[...] = data
-        rb.pos, rb.written = np.asarray(meta["pos"]), np.asarray(meta["written"])
-        rb.rng.bit_generator.state = meta["rng"]
-        for env, env_state in zip(envs.envs, saved["envs"], strict=True):
-            set_env_state(env, env_state)
-        envs.action_space.np_random.bit_generator.state = saved["action_space_rng"]
-        rng = saved["rng"]
-        random.setstate(rng["python"])
-        torch.set_rng_state(rng["torch"])
-        name, keys, *rest = rng["numpy"]
-        np.random.set_state((name, keys.numpy().astype(np.uint32), *rest))
-        torch.cuda.set_rng_state_all(rng["cuda"]) if rng["cuda"] and torch.cuda.is_available() else None
-        return saved["obs"].numpy(), saved["global_step"], saved["best_eval"], saved["last_return"]
-    except (OSError, KeyError, RuntimeError, ValueError, TypeError, AttributeError, pickle.UnpicklingError) as e:
-        reason = str(e).splitlines()[0][:200]
-        raise Exit(f"checkpoint {ckpt} is damaged or does not fit this run ({type(e).__name__}: {reason})") from None
-
-
+# --- Resume: the run directory, its checkpoint, and the command that continues it -----------------
 # Arguments that define the run: on --resume they come from the checkpoint (other non-default values are refused)
 RUN_DEFINING = ("env_id", "num_envs", "buffer_size", "gamma", "tau", "batch_size", "learning_starts")
 RUN_DEFINING += ("policy_lr", "q_lr", "policy_frequency", "target_network_frequency", "alpha", "autotune", "seed")
@@ -727,14 +834,15 @@ FAILED_START = ("events.out.tfevents.", "wandb_run_id")  # what a start that fai
 
 
 def prepare_run(args: Args) -> tuple[Args, Path, Path | None, dict | None]:
-    """The run directory and, when resuming, the checkpoint, its state and the run-defining flags from it."""
+    """The run directory and, when resuming, the checkpoint, its state and the run-defining flags from it. Without
+    --env-id a new run trains DEFAULT_ENV_ID, a resumed one its checkpoint's env."""
     if args.resume and args.resume != "auto":
         ckpt = find_checkpoint(Path(args.resume)) if Path(args.resume).exists() else None
         if ckpt is None:
             raise Exit(f"--resume {args.resume}: no checkpoint there; pass a run or a checkpoints/step_* directory")
         run_dir = ckpt.parent.parent if ckpt.parent.name == "checkpoints" else ckpt.parent
     else:
-        name = args.run_name or f"{args.env_id}__{args.exp_name}__{args.seed}__{int(time.time())}"
+        name = args.run_name or f"{args.env_id or DEFAULT_ENV_ID}__{args.exp_name}__{args.seed}__{int(time.time())}"
         run_dir = Path(args.output_dir, name)
         ckpt = find_checkpoint(run_dir) if args.resume == "auto" and run_dir.exists() else None
         # --resume auto with no checkpoint yet (e.g. killed before the first one) starts the run afresh; the same
@@ -743,17 +851,35 @@ def prepare_run(args: Args) -> tuple[Args, Path, Path | None, dict | None]:
         if ckpt is None and args.resume != "auto" and started:
             raise Exit(f"run directory {run_dir} already holds a run; add --resume auto, or choose another --run-name")
     if ckpt is None:
-        return args, run_dir, None, None
+        return dataclasses.replace(args, env_id=args.env_id or DEFAULT_ENV_ID), run_dir, None, None
     saved = torch_load(ckpt / "state.pt", "checkpoint", CHECKPOINT_FORMAT)
     if not isinstance(saved.get("args"), dict) or not set(RUN_DEFINING) <= saved["args"].keys():
         raise Exit(f"checkpoint {ckpt} lacks its run's arguments: it is damaged or from another version")
     if saved.get("global_step", 0) >= args.total_timesteps:
         raise Exit(f"{run_dir} is already at step {saved['global_step']}; a larger --total-timesteps extends it", 0)
     for name in RUN_DEFINING:
-        cli, old = getattr(args, name), saved["args"].get(name)
+        cli = getattr(args, name)
+        old = saved["args"].get(name)
         if cli != old and cli != getattr(Args(), name):
             raise Exit(f"{flag(name)} {cli} conflicts with the checkpoint's {old}; drop it to resume, or start anew")
     return dataclasses.replace(args, **{k: saved["args"][k] for k in RUN_DEFINING}), run_dir, ckpt, saved
+
+
+def make_run_dir(run_dir: Path, ckpt: Path | None, step: int) -> None:
+    """The run directory, named on stderr first; a killed process's leftovers in it are removed."""
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        docker = os.environ.get("SAC_COMMAND")  # in the Docker image
+        folder = next((p for p in run_dir.parents if p.exists()), Path("."))
+        text = f"cannot write to {run_dir} ({e.strerror})"
+        if docker and isinstance(e, PermissionError) and folder.stat().st_uid == 0:  # e.g. a runs/ Docker made
+            text += f": {folder} is owned by root (did Docker create it?): sudo chown $(id -u):$(id -g) {folder}"
+            raise Exit(text + ", or mkdir it yourself before docker run") from None
+        as_user = f", or run the container as your user: {docker}" if docker else ""
+        raise Exit(f"{text}; choose a writable --output-dir{as_user}") from None
+    print(f"run: {run_dir}" + (f" (resumed at step {step} from {ckpt.name})" if ckpt else ""), file=sys.stderr)
+    clear_leftovers(run_dir, keep=ckpt)
 
 
 def resume_command(args: Args, run_dir: Path) -> str:
@@ -761,23 +887,34 @@ def resume_command(args: Args, run_dir: Path) -> str:
     Shell-quoted, to be pasted; $SAC_COMMAND (the Docker image's) is shell text already, kept as it is."""
     args = dataclasses.replace(args, resume="auto", run_name=run_dir.name, output_dir=str(run_dir.parent))
     words = []
-    for field in (f for f in dataclasses.fields(Args) if getattr(args, f.name) != f.default):
-        name, value = field.name, getattr(args, field.name)
-        words += [flag(name) if value else flag("no_" + name)] if isinstance(value, bool) else [flag(name), str(value)]
+    for field in dataclasses.fields(Args):
+        value = getattr(args, field.name)
+        if isinstance(value, bool) and value != field.default:
+            words.append(flag(field.name if value else "no_" + field.name))
+        elif value != field.default:
+            words += [flag(field.name), str(value)]
     return os.environ.get("SAC_COMMAND", "python sac_continuous.py") + " " + shlex.join(words)
 
 
-# --- The training loop ----------------------------------------------------------------------------
-class StopSignals(list):  # SIGINT/SIGTERM: the first one's name is kept (the loop checkpoints, exits 75); again: 130
-    def __call__(self, signum, frame):
-        if self:  # at once: no clean-up runs, so the progress bar's hidden cursor is shown here
-            if os.isatty(2):
-                os.write(2, b"\n\x1b[?25h")
-            os._exit(EXIT_ABORTED)
-        self.append(signal.Signals(signum).name)
-        print(f"\n{self[0]}: finishing this step, writing a checkpoint (again: quit at once)", file=sys.stderr)
+def available_memory() -> int | None:
+    """Bytes that can be allocated now: Linux's MemAvailable (free and reclaimable), else the free pages, else None."""
+    with contextlib.suppress(OSError, StopIteration, ValueError):
+        with open("/proc/meminfo") as f:
+            return 1024 * int(next(line.split()[1] for line in f if line.startswith("MemAvailable:")))
+    with contextlib.suppress(OSError, ValueError, AttributeError):  # macOS and Windows lack one or the other
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    return None
 
 
+def check_memory(args: Args, obs_dim: int, act_dim: int) -> None:  # numpy may allocate lazily: a run killed later
+    need = ReplayBuffer.nbytes(args.buffer_size, args.num_envs, obs_dim, act_dim)
+    free = available_memory()
+    if free is not None and need > free:
+        text = f"--buffer-size {args.buffer_size} needs {need / 2**30:.1f} GiB of memory for {args.env_id}"
+        raise Exit(text + f", but {free / 2**30:.1f} GiB is available; use a smaller --buffer-size")
+
+
+# --- Loggers: TensorBoard, W&B (--track) and the progress bar -------------------------------------
 def wandb_key_found() -> bool:  # wandb's own lookup (WANDB_API_KEY, ~/.netrc, its settings), with no network
     import wandb
 
@@ -786,6 +923,10 @@ def wandb_key_found() -> bool:  # wandb's own lookup (WANDB_API_KEY, ~/.netrc, i
         return offline or wandb.login(verify=False, prompt=False)
     except Exception as e:  # a malformed key or WANDB_* setting
         raise Exit(f"--track: {' '.join(str(e).split())}") from None
+
+
+def first_line(e: BaseException) -> str:
+    return (str(e).splitlines() or [type(e).__name__])[0]
 
 
 class WandbRun:
@@ -797,8 +938,9 @@ class WandbRun:
     def __init__(self, args: Args, run_dir: Path):
         import wandb
 
-        self.wandb, self.Video = wandb, wandb.Video
-        self.id_file, self.run = run_dir / "wandb_run_id", None
+        self.wandb = wandb
+        self.id_file = run_dir / "wandb_run_id"
+        self.run = None
         self.run_id = self.id_file.read_text().strip() if self.id_file.is_file() else os.urandom(6).hex()  # a new run
         where = None if os.environ.get("WANDB_DIR") else run_dir.parent  # $WANDB_DIR/wandb, else <output-dir>/wandb
         self.init = dict(project=args.wandb_project_name, entity=args.wandb_entity, name=run_dir.name, dir=where)
@@ -819,7 +961,7 @@ class WandbRun:
         self.run = None
         with contextlib.suppress(Exception):
             self.wandb.teardown()  # the failed run's service, which holds its run id
-        line = f"warning: W&B {what} failed ({(str(e).splitlines() or [type(e).__name__])[0]}); "
+        line = f"warning: W&B {what} failed ({first_line(e)}); "
         if self.mode == "offline":
             print(line + "W&B stops here, TensorBoard goes on", file=sys.stderr)
             return
@@ -843,45 +985,137 @@ class WandbRun:
         try:
             self.run.finish()
         except Exception as e:
-            print(f"warning: W&B finish failed ({(str(e).splitlines() or [type(e).__name__])[0]})", file=sys.stderr)
+            print(f"warning: W&B finish failed ({first_line(e)})", file=sys.stderr)
+        self.run = None
 
 
-def open_run(args: Args, run_dir: Path, ckpt: Path | None, saved: dict | None, global_step: int):
-    """Run dir, TensorBoard (on resume it drops what was logged after the checkpoint), W&B, then args.json (a start that
-    fails before it leaves what the same command accepts), progress bar."""
-    try:
-        run_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        docker, folder = os.environ.get("SAC_COMMAND"), next((p for p in run_dir.parents if p.exists()), Path("."))
-        text = f"cannot write to {run_dir} ({e.strerror})"
-        if docker and isinstance(e, PermissionError) and folder.stat().st_uid == 0:  # e.g. a runs/ Docker made
-            text += f": {folder} is owned by root (did Docker create it?): sudo chown $(id -u):$(id -g) {folder}"
-            raise Exit(text + ", or mkdir it yourself before docker run") from None
-        docker = docker and f", or run the container as your user: {docker}"
-        raise Exit(f"{text}; choose a writable --output-dir{docker or ''}") from None
-    print(f"run: {run_dir}" + (f" (resumed at step {global_step} from {ckpt.name})" if ckpt else ""), file=sys.stderr)
-    clear_leftovers(run_dir, keep=ckpt)
-    hook = threading.excepthook  # the writer thread's failed write: the writer re-raises it, reported in one line
-    threading.excepthook = lambda a: type(a.thread).__name__ == "_AsyncWriterThread" or hook(a)
-    purge_step = global_step + 1 if saved else 0 if any(run_dir.glob("events.out.tfevents.*")) else None
-    writer = importlib.import_module("torch.utils.tensorboard").SummaryWriter(str(run_dir), purge_step=purge_step)
-    wandb = WandbRun(args, run_dir) if args.track else None
-    if wandb:  # every scalar also goes to W&B at its environment step
-        add_scalar = writer.add_scalar
-        writer.add_scalar = lambda tag, value, step: (add_scalar(tag, value, step), wandb.log({tag: value}, step=step))
-    if saved is None:
-        atomic_write(run_dir / "args.json", lambda f: f.write(json.dumps(dataclasses.asdict(args), indent=2).encode()))
-    if not sys.stderr.isatty():  # the progress bar: on a terminal only
-        return writer, wandb, None
-    rp, text = importlib.import_module("rich.progress"), importlib.import_module("rich.progress").TextColumn
-    columns = [text("{task.description}"), rp.BarColumn(), rp.MofNCompleteColumn(), text("{task.fields[info]}  ETA")]
-    bar = rp.Progress(*columns, rp.TimeRemainingColumn(), console=rp.Console(stderr=True))
-    random_phase = global_step < args.learning_starts  # a bar of its own (its steps, its ETA); train() starts the next
-    total = min(args.learning_starts, args.total_timesteps) if random_phase else args.total_timesteps
-    phase = "SAC: random actions" if random_phase else "SAC: training"
-    bar.add_task(phase, total=total, completed=global_step, info="")
+class Loggers:
+    """Every scalar to TensorBoard and, with --track, to W&B, at its environment step; on a terminal a progress bar:
+    the random phase with its own steps and ETA, then training with its ETA and recent rate. On resume TensorBoard
+    drops what a dead process logged after the checkpoint (purge_step)."""
+
+    def __init__(self, args: Args, run_dir: Path, resumed: bool, step: int):
+        from torch.utils.tensorboard import SummaryWriter
+
+        # TensorBoard's writer thread: its failed write is raised again in this thread at the next call, as one line
+        self.excepthook = threading.excepthook
+        threading.excepthook = lambda hook_args: isinstance(hook_args.exc_value, OSError) or self.excepthook(hook_args)
+        purge_step = None
+        if resumed or any(run_dir.glob("events.out.tfevents.*")):
+            purge_step = step + 1 if resumed else 0
+        self.writer = SummaryWriter(str(run_dir), purge_step=purge_step)
+        self.wandb = WandbRun(args, run_dir) if args.track else None
+        self.learning_starts = args.learning_starts
+        self.total = args.total_timesteps
+        self.start = (step, time.time())  # charts/SPS counts from here (CleanRL's: since this process started)
+        self.mark = self.start  # the bar's rate counts from here: the last loss log, or when learning started
+        self.info = ""
+        self.bar = None
+        if sys.stderr.isatty():
+            self.bar = progress_bar(args, step)
+
+    def scalar(self, tag: str, value: float, step: int) -> None:
+        self.writer.add_scalar(tag, value, step)
+        if self.wandb:
+            self.wandb.log({tag: value}, step)
+
+    def episodes(self, final_info: dict, step: int, last_return: float) -> float:  # the return of the last one
+        for i in np.flatnonzero(final_info["_episode"]):
+            last_return = float(final_info["episode"]["r"][i])
+            self.scalar("charts/episodic_return", last_return, step + i + 1)
+            self.scalar("charts/episodic_length", int(final_info["episode"]["l"][i]), step + i + 1)
+        return last_return
+
+    def losses(self, stats: dict, step: int, last_return: float) -> None:
+        for k, v in stats.items():
+            self.scalar(f"losses/{k}", v.item(), step)
+        now = time.time()
+        self.scalar("charts/SPS", int((step - self.start[0]) / (now - self.start[1])), step)
+        recent = (step - self.mark[0]) / (now - self.mark[1])
+        self.mark = (step, now)
+        self.info = f"{recent:.0f} SPS" + ("" if math.isnan(last_return) else f", return {last_return:.1f}")
+
+    def video(self, path: Path, step: int) -> None:
+        if self.wandb:
+            self.wandb.log({"videos/eval": self.wandb.wandb.Video(str(path), format="mp4")}, step)
+
+    def progress(self, step: int, prev_step: int) -> None:
+        if prev_step < self.learning_starts <= step:  # the training phase: its own bar, ETA and rate
+            self.mark = (step, time.time())
+            if self.bar:
+                self.bar.reset(0, total=self.total, completed=step, description="SAC: training")
+        if self.bar:
+            self.bar.update(0, completed=step, info=self.info)
+
+    def flush(self) -> None:
+        self.writer.flush()
+
+    def close(self, quietly: bool = False) -> None:  # quietly: at an error's exit, a failed write says nothing
+        if self.bar:
+            self.bar.stop()
+        try:
+            self.writer.close()
+        except OSError:
+            if not quietly:
+                raise
+        finally:
+            if self.wandb:
+                self.wandb.finish()
+            threading.excepthook = self.excepthook
+
+
+def progress_bar(args: Args, step: int):
+    """The random phase: its own steps and ETA; Loggers.progress switches to the whole run when learning starts."""
+    from rich import progress
+
+    columns = [progress.TextColumn("{task.description}"), progress.BarColumn(), progress.MofNCompleteColumn()]
+    columns += [progress.TextColumn("{task.fields[info]}  ETA"), progress.TimeRemainingColumn()]
+    bar = progress.Progress(*columns, console=progress.Console(stderr=True))
+    if step < args.learning_starts:
+        bar.add_task(
+            "SAC: random actions", total=min(args.learning_starts, args.total_timesteps), completed=step, info=""
+        )
+    else:
+        bar.add_task("SAC: training", total=args.total_timesteps, completed=step, info="")
     bar.start()
-    return writer, wandb, bar
+    return bar
+
+
+# --- Signals, threads, failures -------------------------------------------------------------------
+class StopRequests(list):
+    """The SIGINT/SIGTERM handler: the first signal's name is kept (the loop checkpoints, exits 75); a second one quits
+    at once (130), showing the cursor that the progress bar hid, since no clean-up runs."""
+
+    def __init__(self):
+        super().__init__()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, self)
+
+    def __call__(self, signum, frame):
+        if self:
+            if os.isatty(2):
+                os.write(2, b"\n\x1b[?25h")
+            os._exit(EXIT_ABORTED)
+        self.append(signal.Signals(signum).name)
+        print(f"\n{self[0]}: finishing this step, writing a checkpoint (again: quit at once)", file=sys.stderr)
+
+
+def mkl_strict_mode(cpuinfo: str) -> str | None:
+    """MKL's strict reproducible mode (MKL_CBWR) for this CPU: matrix products with the same bits at any thread count.
+    MKL has it on its AVX2 and AVX-512 code paths: Intel CPUs choose theirs (AUTO), others (AMD) are given AVX2."""
+    words = cpuinfo.split()
+    if words and "avx2" not in words:
+        return None  # an old CPU: no strict mode (pick_device says so)
+    return "AUTO,STRICT" if "GenuineIntel" in words or not words else "AVX2,STRICT"
+
+
+# Same seed, same bits at any thread count. MKL reads MKL_CBWR at its first call, cuBLAS its workspace setting (fixed,
+# hence deterministic) when CUDA starts: both before any use. A value the user set is kept.
+CPUINFO = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").is_file() else ""  # off Linux: unknown
+strict_mode = mkl_strict_mode(CPUINFO)
+if strict_mode:
+    os.environ.setdefault("MKL_CBWR", strict_mode)
+os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
 
 
 def choose_threads(args: Args, at_start: bool = False) -> None:
@@ -896,150 +1130,86 @@ def crossed(step: int, prev_step: int, every: int) -> bool:  # a multiple of `ev
     return every > 0 and step // every > prev_step // every
 
 
-def evaluate_and_save(agent: SAC, args: Args, run_dir: Path, global_step: int, best_eval: float, writer, wandb):
-    video = run_dir / "videos" / f"eval_step_{global_step:012d}.mp4" if args.capture_video else None
-    returns = evaluate(agent.actor, args.env_id, args.eval_episodes, args.seed + 10_000, agent.device, video)
-    mean, std = float(np.mean(returns)), float(np.std(returns))
-    writer.add_scalar("eval/mean_return", mean, global_step)
-    writer.add_scalar("eval/std_return", std, global_step)
-    if video and wandb:
-        wandb.log({"videos/eval": wandb.Video(str(video), format="mp4")}, step=global_step)
-    model = dict(format=MODEL_FORMAT, env_id=args.env_id, global_step=global_step, obs_dim=agent.obs_dim)
-    model |= dict(act_dim=agent.act_dim, **{k: getattr(agent, k).state_dict() for k in ("actor", "qf1", "qf2")})
-    for name in ["model.pt"] + (["best_model.pt"] if mean > best_eval else []):
-        atomic_write(run_dir / name, lambda f: torch.save(model, f))
-    print(f"step {global_step}: eval return {mean:.1f} ± {std:.1f} over {len(returns)} episodes", file=sys.stderr)
-    return max(mean, best_eval)
+def check_finite(agent: SAC, run_dir: Path, step: int) -> None:
+    params = [p for m in agent.networks.values() for p in m.parameters()] + [agent.log_alpha]
+    if not all(torch.isfinite(p).all() for p in params):
+        text = f"training diverged at step {step} (NaN/Inf weights); {saved_so_far(run_dir)}"
+        raise Exit(text + ". Try lower --policy-lr/--q-lr", EXIT_DIVERGED)
 
 
-def last_checkpoint(run_dir: Path) -> str:
-    latest = find_checkpoint(run_dir) if run_dir.is_dir() else None
-    return f"the last checkpoint {latest} is intact" if latest else "no checkpoint was written yet"
-
-
-def failed_operation(e: OSError | WriteError, run_dir: Path) -> str:
-    """Our own writes raise WriteError; TensorBoard's writer writes its newest events file; any other OSError is a
-    render or a read, told by the functions it passed through, with its path where it has one."""
+def io_failure(e: OSError | WriteError, args: Args, run_dir: Path, step: int) -> Exit:
+    """Exit 74, naming the operation: our own writes raise WriteError; TensorBoard's writer writes its newest events
+    file; any other OSError is a render or a read, told by the functions it passed through, with its path if it has
+    one. Then what is saved, and the command that resumes."""
     frames = traceback.extract_tb(e.__traceback__)
     if not isinstance(e, WriteError) and any("tensorboard" in f.filename for f in frames):
         events = max(run_dir.glob("events.out.tfevents.*"), key=os.path.getmtime, default=run_dir)
         e = WriteError(Path(e.filename or events), e)
     if isinstance(e, WriteError):
-        return str(e)
-    operation = "render" if any(f.name == "render" for f in frames) else "read"
-    return f"cannot {operation}{f' {e.filename}' if e.filename else ''} ({e.strerror or e})"
-
-
-def train(args: Args) -> int:
-    # Setup: everything that can refuse the input happens before anything is written
-    device = check_args(args)
-    if device.type == "cpu" and not (torch.backends.mkl.is_available() and "STRICT" in os.environ.get("MKL_CBWR", "")):
-        print(
-            "note: no thread-exact BLAS mode here (MKL, AVX2): same bits only at a fixed --num-threads", file=sys.stderr
-        )
-    if not args.resume:  # no --env-id: Humanoid-v5; a resume takes the checkpoint's
-        args = dataclasses.replace(args, env_id=args.env_id or DEFAULT_ENV_ID)
-    args, run_dir, ckpt, saved = prepare_run(args)
-    args = dataclasses.replace(args, env_id=args.env_id or DEFAULT_ENV_ID)  # --resume auto with no checkpoint yet
-    check_rendering(args.env_id, args.capture_video)
-    envs = make_envs(args)
-    obs_dim, space = envs.single_observation_space.shape[0], envs.single_action_space
-    need, free = ReplayBuffer.nbytes(args.buffer_size, args.num_envs, obs_dim, space.shape[0]), available_memory()
-    if free is not None and need > free:  # refused now: numpy may allocate lazily, and the run be killed later
-        text = f"--buffer-size {args.buffer_size} needs {need / 2**30:.1f} GiB of memory for {args.env_id}"
-        raise Exit(text + f", but {free / 2**30:.1f} GiB is available; use a smaller --buffer-size")
-    random.seed(args.seed)
-    np.random.seed(args.seed)
-    torch.manual_seed(args.seed)
-    torch.backends.cudnn.deterministic = args.torch_deterministic
-    agent = SAC(obs_dim, space.low, space.high, args, device)
-    speed_up(agent, args)  # --compile, --cudagraphs
-    rb = ReplayBuffer(args.buffer_size, args.num_envs, obs_dim, space.shape[0], seed=args.seed)
-    obs, _ = envs.reset(seed=args.seed)
-    envs.action_space.seed(args.seed)
-    global_step, best_eval, last_return, info = 0, -math.inf, math.nan, ""
-    if saved is not None:  # the checkpoint overwrites all of the above
-        obs, global_step, best_eval, last_return = restore(saved, ckpt, agent, rb, envs)
+        text = str(e)
     else:
-        rb.start(obs)
-    caught, bar, writer, wandb = StopSignals(), None, None, None
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, caught)
+        operation = "render" if any(f.name == "render" for f in frames) else "read"
+        text = f"cannot {operation}{f' {e.filename}' if e.filename else ''} ({e.strerror or e})"
+    text += f" at step {step}; {saved_so_far(run_dir)}. Fix it, then: {resume_command(args, run_dir)}"
+    return Exit(text, EXIT_IO_ERROR)
+
+
+# --- The speed path's CUDA graphs (speed_up applies them with --cudagraphs) ----------------------
+def cuda_graphed(step, warmup_calls: int = 3):
+    """step(*tensors) as a CUDA graph: eager warm-up calls on a side stream, one that records, then replays."""
+    calls = 0
+    graph = None
+    static_inputs = None
+    static_outputs = None
+
+    def run(*inputs):
+        nonlocal calls, graph, static_inputs, static_outputs
+        if graph is None and calls < warmup_calls:
+            calls += 1
+            side = torch.cuda.Stream()
+            side.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(side):
+                out = step(*inputs)
+            torch.cuda.current_stream().wait_stream(side)
+            return out
+        if graph is None:
+            static_inputs = [x.clone() for x in inputs]
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph):  # records the kernels, runs none of them
+                static_outputs = step(*static_inputs)
+        else:
+            for static, x in zip(static_inputs, inputs):
+                static.copy_(x, non_blocking=True)
+        graph.replay()
+        return static_outputs
+
+    return run
+
+
+# --- Rendering, evaluation of a saved model, the command line ------------------------------------
+def check_rendering(env_id: str, capture_video: bool) -> None:
+    """Before anything is written: MuJoCo's OpenGL library loads, and --capture-video's env renders (pygame...)."""
+    gl = os.environ.get("MUJOCO_GL")
+    spec = gym.registry.get(env_id)
     try:
-        writer, wandb, bar = open_run(args, run_dir, ckpt, saved, global_step)
-        start_step, start_time = global_step, time.time()
-        mark = (global_step, start_time)  # the bar's SPS counts from here: the last loss log, or when learning started
-        while global_step < args.total_timesteps:
-            # ALGO LOGIC: act (random until learning starts), step the envs, store s' (the real final obs at an end)
-            actions = envs.action_space.sample() if global_step < args.learning_starts else agent.act(obs)
-            next_obs, rewards, terminations, truncations, infos = envs.step(actions)
-            dones = terminations | truncations
-            if dones.any():
-                episode = infos["final_info"]["episode"]
-                for i in np.flatnonzero(infos["final_info"]["_episode"]):
-                    last_return = float(episode["r"][i])
-                    writer.add_scalar("charts/episodic_return", last_return, global_step + i + 1)
-                    writer.add_scalar("charts/episodic_length", int(episode["l"][i]), global_step + i + 1)
-            rb.add(actions, rewards, terminations, real_next_obs(next_obs, infos), dones, next_obs)
-            obs, prev_step, global_step = next_obs, global_step, global_step + args.num_envs
-
-            # ALGO LOGIC: one SAC update per vector step once learning has started
-            if global_step > args.learning_starts:
-                stats = agent.update(rb.sample(args.batch_size))
-            logging = global_step > args.learning_starts and agent.n_updates % args.log_frequency == 0
-
-            # Loss logs, evaluations (one before learning), checkpoints (periodic, last, on a signal): never NaN weights
-            last, stopping = global_step >= args.total_timesteps, bool(caught) and global_step < args.total_timesteps
-            learned = global_step > args.learning_starts or best_eval == -math.inf
-            evaluating = (crossed(global_step, prev_step, args.eval_frequency) and learned) or last
-            saving = crossed(global_step, prev_step, args.checkpoint_frequency) or (last and args.checkpoint_frequency)
-            if (logging or evaluating or saving or stopping) and not all(
-                torch.isfinite(p).all() for m in agent.networks.values() for p in [*m.parameters(), agent.log_alpha]
-            ):
-                text = f"training diverged at step {global_step} (NaN/Inf weights); {last_checkpoint(run_dir)}"
-                raise Exit(text + ". Try lower --policy-lr/--q-lr", EXIT_DIVERGED)
-            if logging:
-                for k, v in (stats | {"alpha": agent.alpha}).items():
-                    writer.add_scalar(f"losses/{k}", v.item(), global_step)
-                now = time.time()
-                sps = int((global_step - start_step) / (now - start_time))  # CleanRL's: since this process started
-                writer.add_scalar("charts/SPS", sps, global_step)
-                recent = (global_step - mark[0]) / (now - mark[1])  # the bar's: since the last log
-                mark = (global_step, now)
-                info = f"{recent:.0f} SPS" + ("" if math.isnan(last_return) else f", return {last_return:.1f}")
-                choose_threads(args)
-            if evaluating:
-                best_eval = evaluate_and_save(agent, args, run_dir, global_step, best_eval, writer, wandb)
-            if saving or stopping:
-                writer.flush()  # the events up to this step reach the disk before the checkpoint that follows them
-                state = checkpoint_state(args, agent, envs, obs, global_step, best_eval, last_return)
-                path = save_checkpoint(run_dir, state, rb)
-            if prev_step < args.learning_starts <= global_step:  # the training phase: its own bar, ETA and rate
-                mark = (global_step, time.time())
-                if bar:
-                    bar.reset(0, total=args.total_timesteps, completed=global_step, description="SAC: training")
-            if bar:
-                bar.update(0, completed=global_step, info=info)
-            if stopping:
-                text = f"stopped by {caught[0]} at step {global_step}; checkpoint {path}. Resume with: "
-                raise Exit(text + resume_command(args, run_dir), EXIT_INTERRUPTED)
-        writer.close()
-    except (OSError, WriteError) as e:  # a write (checkpoint, model, video, events), read or render failed: stop
-        text = f"{failed_operation(e, run_dir)} at step {global_step}; {last_checkpoint(run_dir)}"
-        text += f". Fix it, then: {resume_command(args, run_dir)}"
-        raise Exit(text, EXIT_IO_ERROR) from None
-    finally:
-        bar.stop() if bar else None
-        envs.close()
-        with contextlib.suppress(OSError):  # at any exit, what the loggers hold goes to disk if it can
-            writer.close() if writer else None
-        wandb.finish() if wandb and wandb.run else None
-    print(f"done: {global_step} steps; outputs in {run_dir}", file=sys.stderr)
-    return 0
+        if gl in ("osmesa", "egl") and spec and "mujoco" in str(spec.entry_point):
+            import mujoco  # noqa: F401  (PyOpenGL loads the library here)
+        if capture_video:
+            with make_env(env_id, render_mode="rgb_array") as env:
+                env.reset(seed=0)
+                env.render()
+    except gym.error.DependencyNotInstalled as e:
+        raise Exit(f"--capture-video: {env_id} cannot render ({str(e).splitlines()[0]}); install that") from None
+    except (ImportError, AttributeError, OSError):
+        package = {"osmesa": "libosmesa6", "egl": "libegl1"}.get(gl, "an OpenGL library")
+        raise Exit(f"MUJOCO_GL={gl}: cannot load its OpenGL library; install {package} (e.g. apt-get)") from None
 
 
 def eval_only(args: Args) -> int:
-    device, path = check_args(args), Path(args.eval_checkpoint)
+    """--eval-checkpoint: the model file's actor on its env (an explicit --env-id must match it), and exit."""
+    check_args(args)
+    device = pick_device(args)
+    path = Path(args.eval_checkpoint)
     if args.env_id:  # given: checked before the model file is read
         check_rendering(args.env_id, args.capture_video)
     data = torch_load(path, "model file", MODEL_FORMAT)
@@ -1049,15 +1219,12 @@ def eval_only(args: Args) -> int:
         args = dataclasses.replace(args, env_id=data["env_id"])
         check_rendering(args.env_id, args.capture_video)
     with make_env(args.env_id) as env:
-        low, high, obs_dim = env.action_space.low, env.action_space.high, env.observation_space.shape[0]
-    actor = Actor(obs_dim, low, high).to(device)
+        actor = Actor(env.observation_space.shape[0], env.action_space.low, env.action_space.high).to(device)
     actor.load_state_dict(data["actor"])
     video = path.parent / "videos" / f"eval_{path.stem}.mp4" if args.capture_video else None
     returns = evaluate(actor, args.env_id, args.eval_episodes, args.seed + 10_000, device, video)
-    result = (
-        f"{args.env_id} {path}: mean return {np.mean(returns):.1f} ± {np.std(returns):.1f} over {len(returns)} episodes"
-    )
-    print(result + (f"; video: {video}" if video else ""))
+    result = f"{args.env_id} {path}: mean return {np.mean(returns):.1f} ± {np.std(returns):.1f} over {len(returns)}"
+    print(result + " episodes" + (f"; video: {video}" if video else ""))
     return 0
 
 
@@ -1066,7 +1233,7 @@ def main() -> None:
     if args.capture_video and "MUJOCO_GL" not in os.environ:  # before mujoco is imported
         os.environ["MUJOCO_GL"] = "egl" if torch.cuda.is_available() else "osmesa"
     if os.environ.get("MUJOCO_GL") == "osmesa" and importlib.util.find_spec("triton") is not None:
-        importlib.import_module("triton")  # OSMesa's own LLVM crashes triton when triton is imported after it
+        import triton  # noqa: F401  (OSMesa's own LLVM crashes triton when triton is imported after it)
     choose_threads(args, at_start=True)
     try:
         code = eval_only(args) if args.eval_checkpoint else train(args)

@@ -73,3 +73,19 @@ def test_log_std_is_clamped_to_minus_5_and_2():
         with torch.no_grad():
             actor.log_std.bias.fill_(bias)
             assert torch.all(actor(torch.randn(4, OBS_DIM))[1] == bound)
+
+
+def test_critic_with_fixed_weights_is_the_same_q_with_a_gradient_for_the_action_only():
+    """The actor's loss runs the critic with its weights held fixed, where the first layer is computed in two parts:
+    the same values and dQ/da as the trained critic's pass, and no gradient into the weights."""
+    torch.manual_seed(0)
+    q = sac.SoftQNetwork(OBS_DIM, 3)
+    obs, action = torch.randn(64, OBS_DIM), torch.randn(64, 3, requires_grad=True)
+    trained = q(obs, action)
+    dq_da = torch.autograd.grad(trained.sum(), action)[0]
+    q.requires_grad_(False)
+    fixed = q(obs, action)
+    fixed.sum().backward()
+    torch.testing.assert_close(fixed, trained, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(action.grad, dq_da, rtol=1e-5, atol=1e-6)
+    assert all(p.grad is None for p in q.parameters())
