@@ -1118,12 +1118,21 @@ if strict_mode:
 os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
 
 
+OWN_LOAD = {"share": 0.0, "since": time.monotonic()}  # this process's part of the load average
+
+
 def choose_threads(args: Args, at_start: bool = False) -> None:
     """--num-threads, else OMP_NUM_THREADS, else one thread until learning starts, then the cores that other processes
-    leave idle (1-minute load average less our threads): waiting for a busy core makes threads many times slower."""
+    leave idle: waiting for a busy core makes threads many times slower. Idle: the cores less the 1-minute load
+    average less this process's part of it, averaged as the kernel averages (exponentially, over a minute), so that a
+    run that just started does not take its own threads, which the average does not show yet, for idle cores."""
+    now = time.monotonic()
+    decay = math.exp(-(now - OWN_LOAD["since"]) / 60)
+    OWN_LOAD["share"] = OWN_LOAD["share"] * decay + torch.get_num_threads() * (1 - decay)
+    OWN_LOAD["since"] = now
     if args.num_threads or "OMP_NUM_THREADS" not in os.environ:  # else OpenMP has taken the user's OMP_NUM_THREADS
-        idle = max(1, min(os.cpu_count(), round(os.cpu_count() - os.getloadavg()[0] + torch.get_num_threads())))
-        torch.set_num_threads(args.num_threads or (1 if at_start else idle))
+        idle = round(os.cpu_count() - os.getloadavg()[0] + OWN_LOAD["share"])
+        torch.set_num_threads(args.num_threads or (1 if at_start else max(1, min(os.cpu_count(), idle))))
 
 
 def crossed(step: int, prev_step: int, every: int) -> bool:  # a multiple of `every` lies in (prev_step, step]
