@@ -242,10 +242,13 @@ grep -qF 'runs is owned by root (did Docker create it?): sudo chown' "$WORK/refu
 log "unwritable runs/ refused: $(cat "$WORK/refusal.err")"
 
 # ---- on a GPU the printed commands carry --gpus all: --gpus all has the NVIDIA toolkit mount nvidia-smi, which
-# the entrypoint looks for (a stand-in here); the same refusal then names README's GPU line
+# the entrypoint looks for (a stand-in here); an output folder of another user (not root's) is refused with advice
+# that names README's GPU line
 printf '#!/bin/sh\n' >"$WORK/nvidia-smi" && chmod 755 "$WORK/nvidia-smi"
-run_container -v "$rootruns:/app/runs" -v "$WORK/nvidia-smi:/usr/local/bin/nvidia-smi:ro" "$IMAGE" \
-    --env-id Pendulum-v1 --total-timesteps 1000 >/dev/null 2>"$WORK/gpu.err"
+otherruns=$WORK/otherruns
+mkdir -p "$otherruns" && chown 4343:4343 "$otherruns" && chmod 755 "$otherruns"
+run_container --user "$USER_ID" -v "$otherruns:/app/runs" -v "$WORK/nvidia-smi:/usr/local/bin/nvidia-smi:ro" \
+    "$IMAGE" --env-id Pendulum-v1 --total-timesteps 1000 >/dev/null 2>"$WORK/gpu.err"
 gpu_command="docker run --rm --gpus all ${sac_command#docker run --rm }"
 grep -qF -- "as your user: $gpu_command" "$WORK/gpu.err" && grep -qF -- "$gpu_command --env-id Humanoid-v5" README.md \
     || { cat "$WORK/gpu.err" >&2; fail "with nvidia-smi, the advice is not README's GPU docker run line"; }
