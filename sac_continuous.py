@@ -557,11 +557,15 @@ def train(args: Args) -> int:
 
 
 # --- Files: every write goes through write_file; a failed one raises WriteError (exit 74) ---------
+def first_line(e: BaseException) -> str:  # an exception's message in one line (its type if it has none)
+    return (str(e).splitlines() or [type(e).__name__])[0]
+
+
 class WriteError(Exit):  # a failed write; the reason is the OSError's, found where torch or numpy wrapped it
     def __init__(self, path: Path, e: BaseException):
         while not isinstance(e, OSError) and (e.__cause__ or e.__context__) is not None:
             e = e.__cause__ or e.__context__
-        reason = getattr(e, "strerror", None) or (str(e).splitlines() or [type(e).__name__])[0]
+        reason = getattr(e, "strerror", None) or first_line(e)
         super().__init__(f"cannot write {path} ({reason})", EXIT_IO_ERROR)
 
 
@@ -738,7 +742,7 @@ def restore(saved: dict, ckpt: Path, agent: SAC, rb: ReplayBuffer, envs: gym.vec
         set_rng_state(saved["rng"])
         return LoopState(saved["obs"].numpy(), saved["global_step"], saved["best_eval"], saved["last_return"])
     except (OSError, KeyError, RuntimeError, ValueError, TypeError, AttributeError, pickle.UnpicklingError) as e:
-        reason = str(e).splitlines()[0][:200]
+        reason = first_line(e)[:200]
         raise Exit(f"checkpoint {ckpt} is damaged or does not fit this run ({type(e).__name__}: {reason})") from None
 
 
@@ -923,10 +927,6 @@ def wandb_key_found() -> bool:  # wandb's own lookup (WANDB_API_KEY, ~/.netrc, i
         return offline or wandb.login(verify=False, prompt=False)
     except Exception as e:  # a malformed key or WANDB_* setting
         raise Exit(f"--track: {' '.join(str(e).split())}") from None
-
-
-def first_line(e: BaseException) -> str:
-    return (str(e).splitlines() or [type(e).__name__])[0]
 
 
 class WandbRun:
@@ -1208,7 +1208,7 @@ def check_rendering(env_id: str, capture_video: bool) -> None:
                 env.reset(seed=0)
                 env.render()
     except gym.error.DependencyNotInstalled as e:
-        raise Exit(f"--capture-video: {env_id} cannot render ({str(e).splitlines()[0]}); install that") from None
+        raise Exit(f"--capture-video: {env_id} cannot render ({first_line(e)}); install that") from None
     except (ImportError, AttributeError, OSError):
         package = {"osmesa": "libosmesa6", "egl": "libegl1"}.get(gl, "an OpenGL library")
         raise Exit(f"MUJOCO_GL={gl}: cannot load its OpenGL library; install {package} (e.g. apt-get)") from None
